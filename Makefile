@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make repro` (set up + run the pipeline) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+UV_VERSION := 0.13.8
+export PATH := $(BIN):$(PATH)
+
+.PHONY: repro test setup system-data system-test lint format lock serve build bench clean-stores
+
+repro: setup system-data  ## set everything up, then run the whole pipeline on the default params
+	dvc repro
+
+test: setup system-data system-test  ## set everything up, then run the whole test suite
+	pytest
+
+setup: $(VENV)/.installed  ## the virtualenv, from the lock file
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@command -v uv >/dev/null || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	uv venv --allow-existing --python 3.11 $(VENV)
+	uv pip sync --python $(BIN)/python requirements.lock
+	uv pip install --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+system-data:  ## the dataset from Debian's package when the online mirrors are out of reach
+	@scripts/system-deps.sh data
+
+system-test:  ## PostgreSQL for the shared-tracking tests
+	@scripts/system-deps.sh test
+
+lint:
+	ruff check . && ruff format --check .
+
+format:
+	ruff check --fix . && ruff format .
+
+lock:  ## re-resolve requirements.lock from pyproject.toml
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+serve:  ## serve the champion model on http://localhost:3000
+	bentoml serve
+
+build:  ## package the service and the champion model as a Bento
+	bentoml build

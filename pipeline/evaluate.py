@@ -1,0 +1,124 @@
+"""Stage `evaluate`: score the trained model on the test split and explain what it learned.
+
+Writes metrics JSON (for `dvc metrics`), per-class and confusion CSVs (for `dvc plots`), per-image
+predictions (checked again by `register`), the layer shape table, and figures; logs everything to
+the MLflow run that trained the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
+
+from pipeline.architecture import layer_table
+from pipeline.dataset import CLASS_NAMES, Split, load_split
+from pipeline.figures import confusion_figure, feature_maps_figure, filters_figure, mistakes_figure
+from pipeline.model import predict_proba, spatial_sizes
+from pipeline.params import IMAGE_SIZE, NUM_CLASSES, ModelParams, load_params
+from pipeline.preprocess import to_model_input
+from pipeline.tracking import use_experiment
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    per_class: pd.DataFrame
+    confusion: np.ndarray
+    predictions: pd.DataFrame
+
+
+def evaluate_predictions(y_true: np.ndarray, proba: np.ndarray) -> Evaluation:
+    """Metrics and tables from true labels and predicted probabilities (pure: no model needed)."""
+    labels = list(range(NUM_CLASSES))
+    pred = proba.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, pred, labels=labels, zero_division=0
+    )
+    per_class = pd.DataFrame(
+        {"class": CLASS_NAMES, "precision": precision, "recall": recall, "f1": f1, "support": support}
+    )
+    metrics = {
+        "test_accuracy": float((pred == y_true).mean()),
+        "test_loss": float(log_loss(y_true, proba, labels=labels)),
+        "test_macro_f1": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
+        "test_samples": len(y_true),
+    }
+    predictions = pd.DataFrame(
+        {
+            "actual": [CLASS_NAMES[i] for i in y_true],
+            "predicted": [CLASS_NAMES[i] for i in pred],
+            "predicted_id": pred,
+            "confidence": proba[np.arange(len(pred)), pred],
+        }
+    )
+    return Evaluation(metrics, per_class, confusion_matrix(y_true, pred, labels=labels), predictions)
+
+
+def layer_frame(model: keras.Model, params: ModelParams) -> pd.DataFrame:
+    """The layer shape table, with the size Keras actually produced beside the formula's."""
+    frame = pd.DataFrame([r.as_dict() for r in layer_table(IMAGE_SIZE, params.conv_blocks)])
+    frame["keras_out"] = frame["layer"].map(spatial_sizes(model))
+    if not (frame["keras_out"] == frame["n_out"]).all():
+        raise AssertionError(f"layer table disagrees with Keras:\n{frame}")
+    return frame
+
+
+def first_layer_views(model: keras.Model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First conv layer's kernels and its activations (after the activation function) on `image`."""
+    conv = model.get_layer("conv_0")
+    act = model.get_layer("act_0")
+    probe = keras.Model(model.inputs, act.output)
+    maps = keras.ops.convert_to_numpy(probe(to_model_input(image), training=False))[0]
+    return keras.ops.convert_to_numpy(conv.kernel), maps
+
+
+def write_reports(model: keras.Model, params: ModelParams, test: Split, out: Path) -> Evaluation:
+    """Evaluate on `test` and write every report file under `out`."""
+    proba = predict_proba(model, test.x)
+    result = evaluate_predictions(test.y, proba)
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
+    result.per_class.to_csv(out / "per_class.csv", index=False, float_format="%.4f")
+    result.predictions[["actual", "predicted"]].to_csv(out / "confusion.csv", index=False)
+    result.predictions.to_csv(out / "predictions.csv", index_label="index", float_format="%.6f")
+    layer_frame(model, params).to_csv(out / "layers.csv", index=False)
+    kernels, maps = first_layer_views(model, test.x[0])
+    confusion_figure(result.confusion).savefig(figures / "confusion_matrix.png", dpi=110)
+    mistakes_figure(test.x, test.y, proba).savefig(figures / "confident_mistakes.png", dpi=110)
+    filters_figure(kernels).savefig(figures / "conv_filters.png", dpi=110)
+    title = f"First conv layer's feature maps for one test image ({CLASS_NAMES[test.y[0]]})"
+    feature_maps_figure(test.x[0], maps, title).savefig(figures / "feature_maps.png", dpi=110)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="directory of prepared .npz splits")
+    parser.add_argument("--run", type=Path, required=True, help="JSON with the training run id")
+    parser.add_argument("--out", type=Path, required=True, help="reports directory")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    run_id = json.loads(args.run.read_text())["run_id"]
+    use_experiment(params.mlflow.experiment_name)
+    model = keras.saving.load_model(args.model)
+    result = write_reports(model, params.model, load_split(args.data / "test.npz"), args.out)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
+        mlflow.log_artifacts(str(args.out), artifact_path="evaluation")
+    print(json.dumps(result.metrics, indent=2))
+    print(result.per_class.to_string(index=False, float_format="%.3f"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The one typed loader of params.yaml: every stage and the service read their values through it.
+
+Validation happens before any work: an unknown key, a wrong type or an architecture that shrinks
+the image below 1x1 raises ParamsError naming the key (or the layer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.architecture import layer_table
+
+IMAGE_SIZE = 28  # Fashion-MNIST's images are 28x28 grayscale; not a tunable.
+NUM_CLASSES = 10
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names the bad key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FetchParams(_Strict):
+    mirrors: list[str] = Field(min_length=1)
+    # File name (without .gz) -> SHA-256 of its decompressed content, identical on every mirror.
+    files: dict[str, Sha256] = Field(min_length=1)
+    timeout_s: float = Field(gt=0)
+    retries: int = Field(ge=0)
+
+
+class PrepareParams(_Strict):
+    val_fraction: float = Field(gt=0.0, lt=1.0)
+    max_train_samples: int | None = Field(gt=0)
+    seed: int
+
+
+class PoolParams(_Strict):
+    size: int = Field(ge=1)
+    strides: int = Field(ge=1)
+
+
+class ConvBlock(_Strict):
+    filters: int = Field(ge=1)
+    kernel_size: int = Field(ge=1)
+    strides: int = Field(ge=1)
+    padding: Literal["valid", "same"]
+    batch_norm: bool
+    activation: Literal["relu", "elu", "gelu", "swish", "tanh"]
+    pool: PoolParams | None
+    dropout: Fraction
+
+
+class DenseLayer(_Strict):
+    units: int = Field(ge=1)
+    dropout: Fraction
+
+
+class ModelParams(_Strict):
+    conv_blocks: list[ConvBlock] = Field(min_length=1)
+    dense: list[DenseLayer]
+
+    @model_validator(mode="after")
+    def _fits_the_image(self) -> ModelParams:
+        layer_table(IMAGE_SIZE, self.conv_blocks)  # raises naming the first layer that does not fit
+        return self
+
+
+class Augmentation(_Strict):
+    horizontal_flip: bool
+    translate: float = Field(ge=0.0, le=0.5)  # fraction of the image size, each direction
+
+
+class TrainParams(_Strict):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"]
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    lr_schedule: Literal["constant", "cosine"]
+    warmup_epochs: int = Field(ge=0)
+    early_stopping_patience: int = Field(ge=1)
+    label_smoothing: Fraction
+    augmentation: Augmentation
+    seed: int
+    distribution: Literal["none", "mirrored", "multi_worker"]
+
+
+class MlflowParams(_Strict):
+    experiment_name: str = Field(min_length=1)
+    registered_model_name: str = Field(min_length=1)
+
+
+class RegisterParams(_Strict):
+    min_accuracy: float = Field(ge=0.0, le=1.0)
+    max_regression: float = Field(ge=0.0, le=1.0)
+    bento_model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    parity_samples: int = Field(ge=1)
+
+
+class ServeParams(_Strict):
+    max_images_per_request: int = Field(ge=1)
+    max_upload_bytes: int = Field(ge=1)
+
+
+class Params(_Strict):
+    fetch: FetchParams
+    prepare: PrepareParams
+    model: ModelParams
+    train: TrainParams
+    mlflow: MlflowParams
+    # "register" would shadow BaseModel.register; the YAML key stays `register`.
+    register_: RegisterParams = Field(alias="register")
+    serve: ServeParams
+
+    @property
+    def register(self) -> RegisterParams:  # noqa: D102 - same name as the YAML key
+        return self.register_
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for e in err.errors():
+        key = ".".join(str(part) for part in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "missing key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: object, source: str = "params.yaml") -> Params:
+    """Validate an already-parsed params mapping."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_describe(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raises ParamsError naming every bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ParamsError(f"{path}: cannot read ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, str(path))

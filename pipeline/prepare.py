@@ -1,0 +1,139 @@
+"""Stage `prepare`: decode the raw IDX files, split train/validation, check and report the data.
+
+Outputs data/prepared/{train,val,test}.npz (uint8 images, int labels) and a data report
+(JSON + CSV) with per-split class counts, pixel statistics and exact-duplicate counts.
+The stage fails when a data check fails (missing class, wrong shape, label out of range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from pipeline.dataset import (
+    CLASS_NAMES,
+    DataError,
+    Split,
+    load_raw_split,
+    save_split,
+)
+from pipeline.params import IMAGE_SIZE, NUM_CLASSES, PrepareParams, load_params
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of a class-stratified random subset of size n (all indices if n >= len)."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    idx, _ = train_test_split(
+        np.arange(len(labels)), train_size=n, stratify=labels, random_state=seed
+    )
+    return np.sort(idx)
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, val) indices, each class split in proportion val_fraction."""
+    train_idx, val_idx = train_test_split(
+        np.arange(len(labels)), test_size=val_fraction, stratify=labels, random_state=seed
+    )
+    return np.sort(train_idx), np.sort(val_idx)
+
+
+def split_dataset(train: Split, test: Split, params: PrepareParams) -> dict[str, Split]:
+    """Train/val/test splits: optional stratified subset of train first, then the stratified split."""
+    if params.max_train_samples is not None:
+        train = train.subset(stratified_subset(train.y, params.max_train_samples, params.seed))
+    train_idx, val_idx = stratified_split(train.y, params.val_fraction, params.seed)
+    return {"train": train.subset(train_idx), "val": train.subset(val_idx), "test": test}
+
+
+def check_splits(splits: dict[str, Split]) -> None:
+    """Raise DataError when a split has a wrong shape, a label out of range, or misses a class."""
+    for name, s in splits.items():
+        if s.x.ndim != 3 or s.x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or s.x.dtype != np.uint8:
+            raise DataError(f"{name}: images are {s.x.dtype}{s.x.shape}, expected uint8 (N, 28, 28)")
+        if len(s.x) != len(s.y):
+            raise DataError(f"{name}: {len(s.x)} images but {len(s.y)} labels")
+        bad = s.y[(s.y < 0) | (s.y >= NUM_CLASSES)]
+        if bad.size:
+            raise DataError(f"{name}: label {int(bad[0])} out of range 0-{NUM_CLASSES - 1}")
+        missing = sorted(set(range(NUM_CLASSES)) - set(np.unique(s.y).tolist()))
+        if missing:
+            names = ", ".join(f"{c} ({CLASS_NAMES[c]})" for c in missing)
+            raise DataError(f"{name}: missing class(es) {names}")
+
+
+def _image_keys(x: np.ndarray) -> np.ndarray:
+    """One hashable value per image (its raw bytes), for exact-duplicate detection."""
+    flat = np.ascontiguousarray(x.reshape(len(x), -1))
+    return flat.view(np.dtype((np.void, flat.shape[1]))).ravel()
+
+
+def count_duplicates(x: np.ndarray) -> int:
+    """Number of images that exactly repeat an earlier image of the same array."""
+    return len(x) - len(np.unique(_image_keys(x)))
+
+
+def count_shared(a: np.ndarray, b: np.ndarray) -> int:
+    """Number of images of b that also appear (exactly) in a."""
+    return int(np.isin(_image_keys(b), _image_keys(a)).sum())
+
+
+def data_report(splits: dict[str, Split]) -> tuple[dict, pd.DataFrame]:
+    """Report dict (JSON) and per-split class-count table (CSV) of the prepared splits."""
+    counts = pd.DataFrame(
+        {name: np.bincount(s.y, minlength=NUM_CLASSES) for name, s in splits.items()},
+        index=pd.Index(CLASS_NAMES, name="class"),
+    )
+    names = list(splits)
+    report = {
+        "splits": {
+            name: {
+                "samples": len(s),
+                "pixel_mean": round(float(s.x.mean()), 4),
+                "pixel_std": round(float(s.x.std()), 4),
+                "duplicates_within": count_duplicates(s.x),
+                "class_counts": counts[name].to_dict(),
+            }
+            for name, s in splits.items()
+        },
+        "duplicates_across": {
+            f"{a}/{b}": count_shared(splits[a].x, splits[b].x)
+            for i, a in enumerate(names)
+            for b in names[i + 1 :]
+        },
+    }
+    return report, counts.reset_index()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="directory for the .npz splits")
+    parser.add_argument("--report", type=Path, required=True, help="data report JSON; CSV beside it")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    try:
+        splits = split_dataset(
+            load_raw_split(args.raw, "train"), load_raw_split(args.raw, "test"), params.prepare
+        )
+        check_splits(splits)
+    except DataError as err:
+        sys.exit(f"prepare failed: {err}")
+    report, counts = data_report(splits)
+    for name, s in splits.items():
+        save_split(s, args.out / f"{name}.npz")
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    counts.to_csv(args.report.with_suffix(".csv"), index=False)
+    print(json.dumps({n: r["samples"] for n, r in report["splits"].items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The one preprocessing path, shared by training, evaluation and the service.
+
+`to_model_input` turns uint8 28x28 images into the model's input. `image_to_pixels` turns an
+arbitrary photo or drawing (any size, any mode) into a Fashion-MNIST-like uint8 28x28 image:
+grayscale, light-on-dark, fitted to 28x28 with its aspect ratio kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from pipeline.params import IMAGE_SIZE
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 (or 0-255 valued) images of shape (N, 28, 28) or (28, 28) -> float32 (N, 28, 28, 1) in [0, 1]."""
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim == 2:
+        x = x[None]
+    if x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(f"expected images of shape (N, 28, 28), got {x.shape}")
+    return (x / 255.0)[..., None]
+
+
+def has_light_background(gray: Image.Image) -> bool:
+    """True when the image's border is mostly light, i.e. a dark object on a light background."""
+    a = np.asarray(gray)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    return float(np.median(border)) > 127
+
+
+def image_to_pixels(image: Image.Image, invert: bool | None = None) -> np.ndarray:
+    """Any PIL image -> uint8 (28, 28), light object on a dark background like Fashion-MNIST.
+
+    invert=None inverts automatically when the background is light; True/False force it.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels have no colour of their own: put the picture on white first.
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(canvas, rgba)
+    gray = image.convert("L")
+    if invert is None:
+        invert = has_light_background(gray)
+    if invert:
+        gray = ImageOps.invert(gray)
+    # Keep the aspect ratio: scale the longer side to 28, centre on black.
+    scale = IMAGE_SIZE / max(gray.size)
+    size = (max(1, round(gray.width * scale)), max(1, round(gray.height * scale)))
+    resized = gray.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    canvas = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+    canvas.paste(resized, ((IMAGE_SIZE - size[0]) // 2, (IMAGE_SIZE - size[1]) // 2))
+    return np.asarray(canvas, dtype=np.uint8)

@@ -1,0 +1,101 @@
+"""Where MLflow runs go, and the lineage tags every run carries.
+
+Tracking URI: MLFLOW_TRACKING_URI when set; otherwise a sqlite store at the repository root
+(mlflow.db, artifacts in mlruns/). The root comes from DVC_ROOT when DVC sets it, because
+`dvc exp run --temp/--queue` runs stages in a throwaway copy where a relative path would lose the runs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+import mlflow
+
+# MLflow retries a dead server for minutes by default; fail fast instead.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer; the message names the URI."""
+
+
+def project_root() -> Path:
+    """DVC_ROOT when running under DVC, else the current directory."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, or sqlite:///<root>/mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """For an HTTP tracking URI, make sure the server answers its health check within `timeout`."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+            resp.read()
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is not reachable ({reason}); start it or set "
+            "MLFLOW_TRACKING_URI to a running server"
+        ) from None
+
+
+def use_experiment(name: str) -> str:
+    """Point MLflow at the tracking URI and the named experiment (created if new); returns its id."""
+    uri = tracking_uri()
+    check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:"):
+        # Keep artifacts beside the database, not wherever the stage happens to run.
+        location = (project_root() / "mlruns").as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def git_commit(root: Path | None = None) -> str:
+    """HEAD's commit of the repository, or 'unknown' outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root or project_root(),
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def lineage_tags(data_hash: str, seed: int) -> dict[str, str]:
+    """Tags tying a run to its code, data and DVC experiment."""
+    return {
+        "git_commit": git_commit(),
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "data_hash": data_hash,
+        "seed": str(seed),
+    }
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
+    """{'a': {'b': [1, {'c': 2}]}} -> {'a.b.0': 1, 'a.b.1.c': 2} for mlflow.log_params."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list) and any(isinstance(v, Mapping | list) for v in value):
+            flat.update(flatten({str(i): v for i, v in enumerate(value)}, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# System packages the project needs, installed only where missing (Debian/Ubuntu, apt).
+#   data: Fashion-MNIST from Debian's dataset-fashion-mnist, unless the files are already there
+#         or the official mirror answers (then `dvc repro` downloads them itself).
+#   test: PostgreSQL server binaries for the shared-tracking tests.
+set -euo pipefail
+DATASET_DIR=/usr/share/datasets/fashion-mnist
+MIRROR=https://storage.googleapis.com/tensorflow/tf-keras-datasets/train-labels-idx1-ubyte.gz
+
+apt_install() {
+  if ! command -v apt-get >/dev/null; then
+    echo "system-deps: no apt-get here; install $* yourself" >&2
+    return 1
+  fi
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+case "${1:-}" in
+  data)
+    [ -f "$DATASET_DIR/train-images-idx3-ubyte.gz" ] && exit 0
+    if curl -fsI --max-time 5 "$MIRROR" >/dev/null 2>&1; then
+      echo "system-deps: official mirror reachable; the fetch stage will download the data"
+      exit 0
+    fi
+    echo "system-deps: mirror unreachable, installing Debian's dataset-fashion-mnist"
+    apt_install dataset-fashion-mnist
+    ;;
+  test)
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && exit 0
+    echo "system-deps: installing PostgreSQL (used by the shared-tracking tests)"
+    apt_install postgresql
+    ;;
+  *)
+    echo "usage: $0 data|test" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,160 @@
+"""Shared fixtures: real servers and a real pipeline run, started once per test session.
+
+Heavy fixtures are session-scoped because every process that imports TensorFlow costs seconds:
+one small `dvc repro` (2,000 training images, 1 epoch) feeds the e2e, register and service tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
+    """Poll `url` until it answers 200, failing early (with the log) if the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            detail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered\n{detail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server and its process group."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def start_server(cmd: list[str], cwd: Path, env: dict, log: Path, health: str, timeout: float) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        wait_http(health, proc, timeout, log)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """Environment for child processes: this venv first on PATH, quiet TensorFlow."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env
+
+
+def copy_workspace(dest: Path) -> Path:
+    """Copy the working tree (tracked and untracked, not ignored files) into a fresh git repo."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, check=True, text=True,
+    ).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git = ["git", "-c", "user.email=test@example.com", "-c", "user.name=test"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "workspace copy"], cwd=dest, check=True)
+    return dest
+
+
+def set_params(workspace: Path, **overrides: object) -> None:
+    """Override params.yaml keys given as 'section.key' (dots), e.g. {'train.epochs': 1}."""
+    path = workspace / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+SMALL_RUN = {
+    "prepare.max_train_samples": 2000,
+    "train.epochs": 1,
+    "train.warmup_epochs": 0,
+    "register.min_accuracy": 0.5,
+}
+
+
+def run(cmd: list[str], cwd: Path, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command, failing the test with its output when it exits non-zero."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on a free loopback port, sqlite backend, served artifacts."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    cmd = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
+    ]
+    proc = start_server(cmd, root, base_env(), root / "server.log", f"http://127.0.0.1:{port}/health", 120)
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private BentoML store, so tests never touch the user's ~/bentoml."""
+    return tmp_path_factory.mktemp("bentoml_home")
+
+
+@pytest.fixture(scope="session")
+def pipeline_env(mlflow_server: str, bentoml_home: Path) -> dict[str, str]:
+    return base_env(MLFLOW_TRACKING_URI=mlflow_server, BENTOML_HOME=str(bentoml_home))
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory, pipeline_env: dict) -> Path:
+    """A workspace copy where the whole pipeline ran once (`dvc repro`) on a small subset."""
+    ws = copy_workspace(tmp_path_factory.mktemp("pipeline"))
+    set_params(ws, **SMALL_RUN)
+    run([str(BIN / "dvc"), "repro"], ws, pipeline_env)
+    return ws
