@@ -75,7 +75,7 @@ def first_layer_views(model: keras.Model, image: np.ndarray) -> tuple[np.ndarray
     """First conv layer's kernels and its activations (after the activation function) on `image`."""
     conv = model.get_layer("conv_0")
     act = model.get_layer("act_0")
-    probe = keras.Model(model.inputs, act.output)
+    probe = keras.Model(model.inputs[0], act.output)
     maps = keras.ops.convert_to_numpy(probe(to_model_input(image), training=False))[0]
     return keras.ops.convert_to_numpy(conv.kernel), maps
 

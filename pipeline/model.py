@@ -25,7 +25,9 @@ def build_model(params: ModelParams) -> keras.Sequential:
             )
         )
         if b.batch_norm:
-            stack.append(layers.BatchNormalization(name=f"bn_{i}"))
+            # momentum 0.9 (Keras default 0.99): running statistics settle within tens of steps,
+            # so short runs (smoke tests, few epochs) also evaluate with sensible statistics.
+            stack.append(layers.BatchNormalization(momentum=0.9, name=f"bn_{i}"))
         stack.append(layers.Activation(b.activation, name=f"act_{i}"))
         if b.pool is not None:
             stack.append(layers.MaxPooling2D(b.pool.size, strides=b.pool.strides, name=f"pool_{i}"))

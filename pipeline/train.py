@@ -150,7 +150,7 @@ def fit_model(
     )
     model.fit(
         train_ds, validation_data=val_ds, epochs=train_params.epochs,
-        callbacks=[logger, stop, *callbacks], verbose=verbose,
+        callbacks=[logger, stop, *callbacks], verbose=verbose, shuffle=False,  # tf.data shuffles
     )
     history = pd.DataFrame(logger.rows)
     history.attrs["best_epoch"] = int(history["val_accuracy"].idxmax()) + 1

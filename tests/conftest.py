@@ -111,7 +111,8 @@ def set_params(workspace: Path, **overrides: object) -> None:
 
 SMALL_RUN = {
     "prepare.max_train_samples": 2000,
-    "train.epochs": 1,
+    "train.epochs": 2,
+    "train.batch_size": 32,
     "train.warmup_epochs": 0,
     "register.min_accuracy": 0.5,
 }

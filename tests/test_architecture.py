@@ -1,0 +1,85 @@
+"""The layer shape table: floor((n + 2p - f) / s) + 1 checked against Keras's own shapes."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.architecture import format_table, layer_table, output_size
+from pipeline.model import build_model, predict_proba, spatial_sizes
+from pipeline.params import ConvBlock, DenseLayer, ModelParams, PoolParams
+
+pytestmark = pytest.mark.model
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("n", "f", "s", "padding", "expected"),
+    [
+        (28, 3, 1, "valid", 26),  # (28 - 3) / 1 + 1
+        (28, 3, 1, "same", 28),  # p = 1
+        (28, 5, 2, "valid", 12),  # floor(23 / 2) + 1
+        (28, 3, 2, "same", 14),  # ceil(28 / 2): total padding 1 (p = 0.5)
+        (7, 2, 2, "valid", 3),  # max pooling 7 -> 3 drops the last row/column
+        (3, 5, 1, "valid", -1),  # does not fit
+    ],
+)
+def test_output_size_formula(n, f, s, padding, expected):
+    assert output_size(n, f, s, padding) == expected
+
+
+@pytest.mark.unit
+def test_table_rows_and_text():
+    blocks = [
+        ConvBlock(filters=4, kernel_size=3, strides=2, padding="same", batch_norm=False, activation="relu",
+                  pool=PoolParams(size=2, strides=2), dropout=0.0)
+    ]
+    rows = layer_table(28, blocks)
+    assert [(r.layer, r.n_in, r.p, r.n_out) for r in rows] == [("conv_0", 28, 0.5, 14), ("pool_0", 14, 0.0, 7)]
+    assert "floor((28 + 2*0.5 - 3) / 2) + 1 = 14" in format_table(rows)
+
+
+blocks = st.builds(
+    ConvBlock,
+    filters=st.integers(1, 4),
+    kernel_size=st.integers(1, 7),
+    strides=st.integers(1, 3),
+    padding=st.sampled_from(["valid", "same"]),
+    batch_norm=st.booleans(),
+    activation=st.just("relu"),
+    pool=st.one_of(st.none(), st.builds(PoolParams, size=st.integers(1, 3), strides=st.integers(1, 3))),
+    dropout=st.just(0.0),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(blocks, min_size=1, max_size=4))
+def test_table_matches_keras_for_random_architectures(conv_blocks):
+    try:
+        rows = layer_table(28, conv_blocks)
+    except ValueError as err:
+        # The table refuses exactly the architectures Keras cannot build either.
+        assert "cannot take" in str(err)
+        with pytest.raises(ValueError):  # noqa: PT011 - Keras's message varies by layer
+            build_model(ModelParams.model_construct(conv_blocks=conv_blocks, dense=[]))
+        return
+    model = build_model(ModelParams(conv_blocks=conv_blocks, dense=[]))
+    assert spatial_sizes(model) == {r.layer: r.n_out for r in rows}
+
+
+def test_built_model_predicts_probabilities():
+    params = ModelParams(
+        conv_blocks=[ConvBlock(filters=4, kernel_size=3, strides=1, padding="valid", batch_norm=True,
+                               activation="relu", pool=PoolParams(size=2, strides=2), dropout=0.1)],
+        dense=[DenseLayer(units=8, dropout=0.2)],
+    )
+    model = build_model(params)
+    assert [layer.name for layer in model.layers][:4] == ["conv_0", "bn_0", "act_0", "pool_0"]
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    proba = predict_proba(model, images, batch_size=2)
+    assert proba.shape == (5, 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    assert isinstance(model, keras.Sequential)

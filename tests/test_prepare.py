@@ -1,0 +1,83 @@
+"""Splitting, subsetting, data checks and the data report of the prepare stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.dataset import DataError, Split
+from pipeline.params import PrepareParams
+from pipeline.prepare import (
+    check_splits,
+    count_duplicates,
+    count_shared,
+    data_report,
+    split_dataset,
+    stratified_split,
+    stratified_subset,
+)
+
+pytestmark = [pytest.mark.unit, pytest.mark.data]
+
+
+def make_split(n: int, seed: int = 0) -> Split:
+    rng = np.random.default_rng(seed)
+    return Split(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n) % 10)
+
+
+def test_stratified_split_keeps_class_proportions_and_is_seeded():
+    labels = np.repeat(np.arange(10), 100)
+    train, val = stratified_split(labels, 0.1, seed=7)
+    assert len(val) == 100 and len(train) == 900
+    assert not set(train) & set(val)
+    assert np.array_equal(np.bincount(labels[val]), np.full(10, 10))
+    assert np.array_equal(stratified_split(labels, 0.1, seed=7)[1], val)
+    assert not np.array_equal(stratified_split(labels, 0.1, seed=8)[1], val)
+
+
+def test_stratified_subset():
+    labels = np.repeat(np.arange(10), 50)
+    idx = stratified_subset(labels, 100, seed=0)
+    assert len(idx) == 100 and len(set(idx)) == 100
+    assert np.array_equal(np.bincount(labels[idx]), np.full(10, 10))
+    assert len(stratified_subset(labels, 10_000, seed=0)) == 500
+
+
+def test_split_dataset_with_subset():
+    splits = split_dataset(make_split(1000), make_split(50, 1), PrepareParams(val_fraction=0.2, max_train_samples=500, seed=0))
+    assert {k: len(v) for k, v in splits.items()} == {"train": 400, "val": 100, "test": 50}
+    check_splits(splits)
+
+
+def test_checks_fail_on_missing_class_bad_shape_and_label():
+    good = make_split(30)
+    no_bag = Split(good.x[good.y != 8], good.y[good.y != 8])
+    with pytest.raises(DataError, match=r"val: missing class\(es\) 8 \(Bag\)"):
+        check_splits({"train": good, "val": no_bag})
+    with pytest.raises(DataError, match=r"train: images are uint8\(30, 28, 27\)"):
+        check_splits({"train": Split(good.x[:, :, :27], good.y)})
+    with pytest.raises(DataError, match="test: label 12 out of range"):
+        check_splits({"test": Split(good.x, np.where(good.y == 3, 12, good.y))})
+
+
+def test_duplicates_within_and_across():
+    a = make_split(20)
+    x = np.concatenate([a.x, a.x[:3], a.x[:1]])  # 4 repeats of earlier images
+    assert count_duplicates(x) == 4
+    assert count_duplicates(a.x) == 0
+    b = make_split(10, seed=5)
+    mixed = np.concatenate([b.x, a.x[5:7]])
+    assert count_shared(a.x, mixed) == 2
+    assert count_shared(a.x, b.x) == 0
+
+
+def test_data_report():
+    train, test = make_split(40), make_split(20, 1)
+    test = Split(np.concatenate([test.x, train.x[:2]]), np.concatenate([test.y, train.y[:2]]))
+    report, counts = data_report({"train": train, "test": test})
+    assert report["duplicates_across"] == {"train/test": 2}
+    assert report["splits"]["train"]["samples"] == 40
+    assert report["splits"]["train"]["class_counts"]["T-shirt/top"] == 4
+    assert report["splits"]["test"]["pixel_mean"] == pytest.approx(test.x.mean(), abs=1e-3)
+    assert list(counts.columns) == ["class", "train", "test"]
+    assert counts["test"].sum() == 22
