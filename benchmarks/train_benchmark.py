@@ -24,18 +24,33 @@ from pipeline.train import fit_model
 
 def reference(train: TrainParams) -> tuple[ModelParams, TrainParams]:
     """The textbook Keras CNN: 32 and 64 3x3 valid convs with max pooling, dense 128, Adam, 10 epochs."""
-    block = {"kernel_size": 3, "strides": 1, "padding": "valid", "batch_norm": False,
-             "activation": "relu", "pool": PoolParams(size=2, strides=2), "dropout": 0.0}
+    block = {
+        "kernel_size": 3,
+        "strides": 1,
+        "padding": "valid",
+        "batch_norm": False,
+        "activation": "relu",
+        "pool": PoolParams(size=2, strides=2),
+        "dropout": 0.0,
+    }
     model = ModelParams(
         conv_blocks=[ConvBlock(filters=32, **block), ConvBlock(filters=64, **block)],
         dense=[DenseLayer(units=128, dropout=0.0)],
     )
     plain = train.model_copy(
         update={
-            "epochs": 10, "batch_size": 32, "optimizer": "adam", "learning_rate": 0.001,
-            "weight_decay": 0.0, "lr_schedule": "constant", "warmup_epochs": 0,
-            "early_stopping_patience": 10, "label_smoothing": 0.0,
-            "augmentation": train.augmentation.model_copy(update={"horizontal_flip": False, "translate": 0.0}),
+            "epochs": 10,
+            "batch_size": 32,
+            "optimizer": "adam",
+            "learning_rate": 0.001,
+            "weight_decay": 0.0,
+            "lr_schedule": "constant",
+            "warmup_epochs": 0,
+            "early_stopping_patience": 10,
+            "label_smoothing": 0.0,
+            "augmentation": train.augmentation.model_copy(
+                update={"horizontal_flip": False, "translate": 0.0}
+            ),
         }
     )
     return model, plain
@@ -71,14 +86,21 @@ def main() -> None:
                 "parameters": model.count_params(),
             }
         )
-    header = f"{'model':<10} {'test acc':>8} {'epochs':>6} {'s/epoch':>8} {'train s':>8} {'params':>9}"
+    header = (
+        f"{'model':<10} {'test acc':>8} {'epochs':>6} {'s/epoch':>8} {'train s':>8} {'params':>9}"
+    )
     print(header)
     for r in results:
-        print(f"{r['model']:<10} {r['test_accuracy']:>8.4f} {r['epochs']:>6} {r['seconds_per_epoch']:>8.1f} "
-              f"{r['training_seconds']:>8.0f} {r['parameters']:>9,}")
+        print(
+            f"{r['model']:<10} {r['test_accuracy']:>8.4f} {r['epochs']:>6} {r['seconds_per_epoch']:>8.1f} "
+            f"{r['training_seconds']:>8.0f} {r['parameters']:>9,}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
-    args.out.write_text(json.dumps({"machine": machine, "train_samples": len(train), "results": results}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps({"machine": machine, "train_samples": len(train), "results": results}, indent=2)
+        + "\n"
+    )
     print(f"wrote {args.out}")
 
 

@@ -54,9 +54,19 @@ def layer_table(input_size: int, conv_blocks: list) -> list[LayerRow]:
     rows: list[LayerRow] = []
     n = input_size
     for i, block in enumerate(conv_blocks):
-        steps = [(f"conv_{i}", f"conv_blocks[{i}]", block.kernel_size, block.strides, block.padding)]
+        steps = [
+            (f"conv_{i}", f"conv_blocks[{i}]", block.kernel_size, block.strides, block.padding)
+        ]
         if block.pool is not None:
-            steps.append((f"pool_{i}", f"conv_blocks[{i}].pool", block.pool.size, block.pool.strides, "valid"))
+            steps.append(
+                (
+                    f"pool_{i}",
+                    f"conv_blocks[{i}].pool",
+                    block.pool.size,
+                    block.pool.strides,
+                    "valid",
+                )
+            )
         for name, key, f, s, padding in steps:
             kind = "conv" if name.startswith("conv") else "pool"
             n_out = output_size(n, f, s, padding)
@@ -81,4 +91,8 @@ def format_table(rows: list[LayerRow]) -> str:
             f"{r.layer:<22} {r.kind:<5} {r.n_in:>3} {r.f:>2} {r.p:>4g} {r.s:>2} {r.n_out:>3} "
             f"{r.channels:>4}  {formula}"
         )
+    if rows:
+        last = rows[-1]
+        features = last.n_out * last.n_out * last.channels
+        lines.append(f"flatten: {last.n_out} x {last.n_out} x {last.channels} = {features} features")
     return "\n".join(lines)

@@ -43,12 +43,20 @@ def evaluate_predictions(y_true: np.ndarray, proba: np.ndarray) -> Evaluation:
         y_true, pred, labels=labels, zero_division=0
     )
     per_class = pd.DataFrame(
-        {"class": CLASS_NAMES, "precision": precision, "recall": recall, "f1": f1, "support": support}
+        {
+            "class": CLASS_NAMES,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": support,
+        }
     )
     metrics = {
         "test_accuracy": float((pred == y_true).mean()),
         "test_loss": float(log_loss(y_true, proba, labels=labels)),
-        "test_macro_f1": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
+        "test_macro_f1": float(
+            f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)
+        ),
         "test_samples": len(y_true),
     }
     predictions = pd.DataFrame(
@@ -59,7 +67,9 @@ def evaluate_predictions(y_true: np.ndarray, proba: np.ndarray) -> Evaluation:
             "confidence": proba[np.arange(len(pred)), pred],
         }
     )
-    return Evaluation(metrics, per_class, confusion_matrix(y_true, pred, labels=labels), predictions)
+    return Evaluation(
+        metrics, per_class, confusion_matrix(y_true, pred, labels=labels), predictions
+    )
 
 
 def layer_frame(model: keras.Model, params: ModelParams) -> pd.DataFrame:
@@ -104,7 +114,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True, help="directory of prepared .npz splits")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="directory of prepared .npz splits"
+    )
     parser.add_argument("--run", type=Path, required=True, help="JSON with the training run id")
     parser.add_argument("--out", type=Path, required=True, help="reports directory")
     args = parser.parse_args()

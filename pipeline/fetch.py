@@ -13,7 +13,6 @@ import argparse
 import gzip
 import hashlib
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -73,7 +72,7 @@ def _download(url: str, timeout: float, retries: int) -> bytes:
             if err.code < 500:  # 404 and friends will not change on retry
                 raise OSError(f"HTTP {err.code} {err.reason}") from None
             last = OSError(f"HTTP {err.code} {err.reason}")
-        except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError) as err:
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
             reason = getattr(err, "reason", err)
             last = _Unreachable(f"unreachable ({reason}) after {attempt + 1} attempt(s)")
     assert last is not None

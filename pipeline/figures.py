@@ -20,13 +20,22 @@ def confusion_figure(matrix: np.ndarray) -> Figure:
     ax.set_ylabel("true")
     threshold = matrix.max() / 2
     for (i, j), v in np.ndenumerate(matrix):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
-                color="white" if v > threshold else "black")
+        ax.text(
+            j,
+            i,
+            str(v),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if v > threshold else "black",
+        )
     ax.set_title("Confusion matrix (test split)")
     return fig
 
 
-def mistakes_figure(images: np.ndarray, y_true: np.ndarray, proba: np.ndarray, count: int = 24) -> Figure:
+def mistakes_figure(
+    images: np.ndarray, y_true: np.ndarray, proba: np.ndarray, count: int = 24
+) -> Figure:
     """The `count` wrong predictions the model was most confident about."""
     pred = proba.argmax(axis=1)
     wrong = np.flatnonzero(pred != y_true)
@@ -38,7 +47,10 @@ def mistakes_figure(images: np.ndarray, y_true: np.ndarray, proba: np.ndarray, c
     for k, i in enumerate(worst):
         ax = fig.add_subplot(rows, cols, k + 1)
         ax.imshow(images[i], cmap="gray")
-        ax.set_title(f"{CLASS_NAMES[pred[i]]} ({proba[i, pred[i]]:.2f})\n/ {CLASS_NAMES[y_true[i]]}", fontsize=7)
+        ax.set_title(
+            f"{CLASS_NAMES[pred[i]]} ({proba[i, pred[i]]:.2f})\n/ {CLASS_NAMES[y_true[i]]}",
+            fontsize=7,
+        )
         ax.axis("off")
     return fig
 

@@ -20,8 +20,12 @@ def build_model(params: ModelParams) -> keras.Sequential:
         # With batch norm right after, a conv bias is redundant (BN's beta does its job).
         stack.append(
             layers.Conv2D(
-                b.filters, b.kernel_size, strides=b.strides, padding=b.padding,
-                use_bias=not b.batch_norm, name=f"conv_{i}",
+                b.filters,
+                b.kernel_size,
+                strides=b.strides,
+                padding=b.padding,
+                use_bias=not b.batch_norm,
+                name=f"conv_{i}",
             )
         )
         if b.batch_norm:

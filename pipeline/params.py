@@ -122,7 +122,7 @@ class Params(_Strict):
     serve: ServeParams
 
     @property
-    def register(self) -> RegisterParams:  # noqa: D102 - same name as the YAML key
+    def register(self) -> RegisterParams:
         return self.register_
 
 

@@ -36,7 +36,9 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(idx)
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train, val) indices, each class split in proportion val_fraction."""
     train_idx, val_idx = train_test_split(
         np.arange(len(labels)), test_size=val_fraction, stratify=labels, random_state=seed
@@ -56,7 +58,9 @@ def check_splits(splits: dict[str, Split]) -> None:
     """Raise DataError when a split has a wrong shape, a label out of range, or misses a class."""
     for name, s in splits.items():
         if s.x.ndim != 3 or s.x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or s.x.dtype != np.uint8:
-            raise DataError(f"{name}: images are {s.x.dtype}{s.x.shape}, expected uint8 (N, 28, 28)")
+            raise DataError(
+                f"{name}: images are {s.x.dtype}{s.x.shape}, expected uint8 (N, 28, 28)"
+            )
         if len(s.x) != len(s.y):
             raise DataError(f"{name}: {len(s.x)} images but {len(s.y)} labels")
         bad = s.y[(s.y < 0) | (s.y >= NUM_CLASSES)]
@@ -116,7 +120,9 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--raw", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="directory for the .npz splits")
-    parser.add_argument("--report", type=Path, required=True, help="data report JSON; CSV beside it")
+    parser.add_argument(
+        "--report", type=Path, required=True, help="data report JSON; CSV beside it"
+    )
     args = parser.parse_args()
     params = load_params(args.params)
     try:

@@ -69,8 +69,12 @@ def git_commit(root: Path | None = None) -> str:
     """HEAD's commit of the repository, or 'unknown' outside git."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root or project_root(),
-            capture_output=True, text=True, timeout=10, check=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=root or project_root(),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):

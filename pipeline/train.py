@@ -50,7 +50,9 @@ def distribution_strategy(kind: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()  # the default (no-op) strategy
 
 
-def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+def learning_rate(
+    params: TrainParams, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """Constant rate, or cosine decay to zero after a linear warm-up from 10% of the peak."""
     if params.lr_schedule == "constant":
         return params.learning_rate
@@ -69,7 +71,9 @@ def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizer
         return keras.optimizers.AdamW(lr, weight_decay=params.weight_decay)
     if params.optimizer == "adam":
         return keras.optimizers.Adam(lr)
-    return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=params.weight_decay or None)
+    return keras.optimizers.SGD(
+        lr, momentum=0.9, nesterov=True, weight_decay=params.weight_decay or None
+    )
 
 
 def augmenter(params: TrainParams, seed: int) -> keras.Sequential | None:
@@ -80,12 +84,16 @@ def augmenter(params: TrainParams, seed: int) -> keras.Sequential | None:
         stack.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if aug.translate:
         stack.append(
-            keras.layers.RandomTranslation(aug.translate, aug.translate, fill_mode="constant", seed=seed)
+            keras.layers.RandomTranslation(
+                aug.translate, aug.translate, fill_mode="constant", seed=seed
+            )
         )
     return keras.Sequential(stack, name="augmentation") if stack else None
 
 
-def make_datasets(train: Split, val: Split, params: TrainParams) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+def make_datasets(
+    train: Split, val: Split, params: TrainParams
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Batched tf.data pipelines of (model input, one-hot label); training is shuffled and augmented."""
 
     def pairs(split: Split) -> tf.data.Dataset:
@@ -98,7 +106,8 @@ def make_datasets(train: Split, val: Split, params: TrainParams) -> tuple[tf.dat
     if aug is not None:
         train_ds = train_ds.map(
             lambda x, y: (aug(x, training=True), y),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
         )
     val_ds = pairs(val).batch(max(params.batch_size, 256))
     return train_ds.prefetch(tf.data.AUTOTUNE), val_ds.prefetch(tf.data.AUTOTUNE)
@@ -145,12 +154,18 @@ def fit_model(
         )
     logger = EpochLogger()
     stop = keras.callbacks.EarlyStopping(
-        monitor="val_accuracy", patience=train_params.early_stopping_patience,
-        restore_best_weights=True, verbose=1,
+        monitor="val_accuracy",
+        patience=train_params.early_stopping_patience,
+        restore_best_weights=True,
+        verbose=1,
     )
     model.fit(
-        train_ds, validation_data=val_ds, epochs=train_params.epochs,
-        callbacks=[logger, stop, *callbacks], verbose=verbose, shuffle=False,  # tf.data shuffles
+        train_ds,
+        validation_data=val_ds,
+        epochs=train_params.epochs,
+        callbacks=[logger, stop, *callbacks],
+        verbose=verbose,
+        shuffle=False,  # tf.data shuffles
     )
     history = pd.DataFrame(logger.rows)
     history.attrs["best_epoch"] = int(history["val_accuracy"].idxmax()) + 1
@@ -169,7 +184,9 @@ def _save_model_atomically(model: keras.Model, path: Path) -> None:
         raise
 
 
-def run(params: Params, data_dir: Path, model_path: Path, history_path: Path, run_path: Path) -> str:
+def run(
+    params: Params, data_dir: Path, model_path: Path, history_path: Path, run_path: Path
+) -> str:
     """Train under an MLflow run and write the stage's outputs; returns the run id."""
     experiment_id = use_experiment(params.mlflow.experiment_name)  # fails fast if unreachable
     train, val = load_split(data_dir / "train.npz"), load_split(data_dir / "val.npz")
@@ -201,20 +218,29 @@ def run(params: Params, data_dir: Path, model_path: Path, history_path: Path, ru
     history_path.parent.mkdir(parents=True, exist_ok=True)
     history.to_csv(history_path, index=False)
     run_path.write_text(
-        json.dumps({"run_id": run_id, "experiment_id": experiment_id, "train_seconds": train_seconds}, indent=2)
+        json.dumps(
+            {"run_id": run_id, "experiment_id": experiment_id, "train_seconds": train_seconds},
+            indent=2,
+        )
         + "\n"
     )
-    print(f"MLflow run {run_id}: trained in {train_seconds:.0f} s, best epoch {history.attrs['best_epoch']}")
+    print(
+        f"MLflow run {run_id}: trained in {train_seconds:.0f} s, best epoch {history.attrs['best_epoch']}"
+    )
     return run_id
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--data", type=Path, required=True, help="directory of prepared .npz splits")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="directory of prepared .npz splits"
+    )
     parser.add_argument("--model", type=Path, required=True, help="output .keras file")
     parser.add_argument("--history", type=Path, required=True, help="output per-epoch CSV")
-    parser.add_argument("--run", type=Path, required=True, help="output JSON with the MLflow run id")
+    parser.add_argument(
+        "--run", type=Path, required=True, help="output JSON with the MLflow run id"
+    )
     args = parser.parse_args()
     params = load_params(args.params)
     try:

@@ -35,7 +35,9 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float, log: Path | None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             detail = log.read_text()[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered\n{detail}")
+            raise RuntimeError(
+                f"process exited with {proc.returncode} before {url} answered\n{detail}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -56,9 +58,16 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def start_server(cmd: list[str], cwd: Path, env: dict, log: Path, health: str, timeout: float) -> subprocess.Popen:
+def start_server(
+    cmd: list[str], cwd: Path, env: dict, log: Path, health: str, timeout: float
+) -> subprocess.Popen:
     proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         wait_http(health, proc, timeout, log)
@@ -82,7 +91,10 @@ def copy_workspace(dest: Path) -> Path:
     """Copy the working tree (tracked and untracked, not ignored files) into a fresh git repo."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-        cwd=REPO, capture_output=True, check=True, text=True,
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        text=True,
     ).stdout.split("\0")
     for rel in filter(None, files):
         src = REPO / rel
@@ -122,7 +134,9 @@ def run(cmd: list[str], cwd: Path, env: dict, timeout: float = 900) -> subproces
     """Run a command, failing the test with its output when it exits non-zero."""
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        pytest.fail(
+            f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
@@ -132,11 +146,22 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     cmd = [
-        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
     ]
-    proc = start_server(cmd, root, base_env(), root / "server.log", f"http://127.0.0.1:{port}/health", 120)
+    proc = start_server(
+        cmd, root, base_env(), root / "server.log", f"http://127.0.0.1:{port}/health", 120
+    )
     yield f"http://127.0.0.1:{port}"
     stop(proc)
 

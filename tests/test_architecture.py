@@ -34,12 +34,25 @@ def test_output_size_formula(n, f, s, padding, expected):
 @pytest.mark.unit
 def test_table_rows_and_text():
     blocks = [
-        ConvBlock(filters=4, kernel_size=3, strides=2, padding="same", batch_norm=False, activation="relu",
-                  pool=PoolParams(size=2, strides=2), dropout=0.0)
+        ConvBlock(
+            filters=4,
+            kernel_size=3,
+            strides=2,
+            padding="same",
+            batch_norm=False,
+            activation="relu",
+            pool=PoolParams(size=2, strides=2),
+            dropout=0.0,
+        )
     ]
     rows = layer_table(28, blocks)
-    assert [(r.layer, r.n_in, r.p, r.n_out) for r in rows] == [("conv_0", 28, 0.5, 14), ("pool_0", 14, 0.0, 7)]
-    assert "floor((28 + 2*0.5 - 3) / 2) + 1 = 14" in format_table(rows)
+    assert [(r.layer, r.n_in, r.p, r.n_out) for r in rows] == [
+        ("conv_0", 28, 0.5, 14),
+        ("pool_0", 14, 0.0, 7),
+    ]
+    text = format_table(rows)
+    assert "floor((28 + 2*0.5 - 3) / 2) + 1 = 14" in text
+    assert text.endswith("flatten: 7 x 7 x 4 = 196 features")
 
 
 blocks = st.builds(
@@ -50,7 +63,9 @@ blocks = st.builds(
     padding=st.sampled_from(["valid", "same"]),
     batch_norm=st.booleans(),
     activation=st.just("relu"),
-    pool=st.one_of(st.none(), st.builds(PoolParams, size=st.integers(1, 3), strides=st.integers(1, 3))),
+    pool=st.one_of(
+        st.none(), st.builds(PoolParams, size=st.integers(1, 3), strides=st.integers(1, 3))
+    ),
     dropout=st.just(0.0),
 )
 
@@ -60,9 +75,8 @@ blocks = st.builds(
 def test_table_matches_keras_for_random_architectures(conv_blocks):
     try:
         rows = layer_table(28, conv_blocks)
-    except ValueError as err:
+    except ValueError:
         # The table refuses exactly the architectures Keras cannot build either.
-        assert "cannot take" in str(err)
         with pytest.raises(ValueError):  # noqa: PT011 - Keras's message varies by layer
             build_model(ModelParams.model_construct(conv_blocks=conv_blocks, dense=[]))
         return
@@ -72,8 +86,18 @@ def test_table_matches_keras_for_random_architectures(conv_blocks):
 
 def test_built_model_predicts_probabilities():
     params = ModelParams(
-        conv_blocks=[ConvBlock(filters=4, kernel_size=3, strides=1, padding="valid", batch_norm=True,
-                               activation="relu", pool=PoolParams(size=2, strides=2), dropout=0.1)],
+        conv_blocks=[
+            ConvBlock(
+                filters=4,
+                kernel_size=3,
+                strides=1,
+                padding="valid",
+                batch_norm=True,
+                activation="relu",
+                pool=PoolParams(size=2, strides=2),
+                dropout=0.1,
+            )
+        ],
         dense=[DenseLayer(units=8, dropout=0.2)],
     )
     model = build_model(params)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.dataset import DataError, Split, content_hash, decode_idx, load_raw_split, load_split, save_split
+from pipeline.dataset import (
+    DataError,
+    Split,
+    content_hash,
+    decode_idx,
+    load_raw_split,
+    load_split,
+    save_split,
+)
 from tests.idx_files import idx_bytes, tiny_dataset
 
 pytestmark = [pytest.mark.unit, pytest.mark.data]
@@ -29,14 +37,16 @@ def test_decode_images_and_labels():
     ],
 )
 def test_corrupt_headers_are_named(data, problem):
-    with pytest.raises(DataError, match="labels.gz") as err:
+    with pytest.raises(DataError, match=r"labels\.gz") as err:
         decode_idx(data, "labels.gz")
     assert problem in str(err.value)
 
 
 def test_truncated_and_overlong_files():
     good = idx_bytes(np.zeros((3, 28, 28), np.uint8))
-    with pytest.raises(DataError, match=r"imgs: truncated: dimensions \(3, 28, 28\) need 2368 bytes, file has 2367"):
+    with pytest.raises(
+        DataError, match=r"imgs: truncated: dimensions \(3, 28, 28\) need 2368 bytes, file has 2367"
+    ):
         decode_idx(good[:-1], "imgs")
     with pytest.raises(DataError, match="trailing bytes"):
         decode_idx(good + b"\x00", "imgs")

@@ -105,7 +105,10 @@ def test_stage_exits_nonzero_with_clear_message(http_root, tmp_path):
     out = tmp_path / "data" / "raw"
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.fetch", "--params", "params.yaml", "--out", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "fetch failed: could not fetch Fashion-MNIST from any mirror" in proc.stderr

@@ -24,7 +24,9 @@ def test_repro_prepare_then_nothing_to_do(tmp_path):
     env = base_env()
     first = run([DVC, "repro", "prepare"], ws, env)
     assert "Running stage 'fetch'" in first.stdout and "Running stage 'prepare'" in first.stdout
-    sizes = {s: len(load_split(ws / "data" / "prepared" / f"{s}.npz")) for s in ("train", "val", "test")}
+    sizes = {
+        s: len(load_split(ws / "data" / "prepared" / f"{s}.npz")) for s in ("train", "val", "test")
+    }
     assert sizes == {"train": 450, "val": 50, "test": 10_000}
     report = json.loads((ws / "reports" / "data" / "report.json").read_text())
     assert report["splits"]["val"]["class_counts"]["Bag"] == 5
@@ -96,14 +98,27 @@ def test_exp_run_in_temp_copy_tracks_to_repo_sqlite(pipeline_run):
     """`dvc exp run --temp` runs in a throwaway copy; runs must still land in <repo>/mlflow.db."""
     env = base_env()  # no MLFLOW_TRACKING_URI: the default sqlite store at the repository root
     run(
-        [DVC, "exp", "run", "--temp", "-n", "short-exp", "-S", "train.epochs=1",
-         "-S", "register.min_accuracy=1.0"],
-        pipeline_run, env,
+        [
+            DVC,
+            "exp",
+            "run",
+            "--temp",
+            "-n",
+            "short-exp",
+            "-S",
+            "train.epochs=1",
+            "-S",
+            "register.min_accuracy=1.0",
+        ],
+        pipeline_run,
+        env,
     )
     db = pipeline_run / "mlflow.db"
     assert db.exists(), "the run went to the repository's mlflow.db, not the temp copy's"
     with sqlite3.connect(db) as con:
-        tags = dict(con.execute("select key, value from tags where key = 'dvc_exp_name'").fetchall())
+        tags = dict(
+            con.execute("select key, value from tags where key = 'dvc_exp_name'").fetchall()
+        )
     assert tags.get("dvc_exp_name") == "short-exp"
     shown = run([DVC, "exp", "show", "--no-pager", "--csv"], pipeline_run, env).stdout
     assert "short-exp" in shown and "test_accuracy" in shown

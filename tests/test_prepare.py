@@ -44,7 +44,11 @@ def test_stratified_subset():
 
 
 def test_split_dataset_with_subset():
-    splits = split_dataset(make_split(1000), make_split(50, 1), PrepareParams(val_fraction=0.2, max_train_samples=500, seed=0))
+    splits = split_dataset(
+        make_split(1000),
+        make_split(50, 1),
+        PrepareParams(val_fraction=0.2, max_train_samples=500, seed=0),
+    )
     assert {k: len(v) for k, v in splits.items()} == {"train": 400, "val": 100, "test": 50}
     check_splits(splits)
 

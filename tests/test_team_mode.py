@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import BIN, SMALL_RUN, base_env, copy_workspace, free_port, run, set_params, start_server, stop
+from tests.conftest import (
+    BIN,
+    SMALL_RUN,
+    base_env,
+    copy_workspace,
+    free_port,
+    run,
+    set_params,
+    start_server,
+    stop,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +39,9 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
 def postgres(tmp_path_factory) -> str:
     """A throwaway PostgreSQL server on a free loopback port (no system service): its URL."""
     if not PG_BIN:
-        pytest.skip("PostgreSQL server binaries not installed: run `make system-test` (apt-get install postgresql)")
+        pytest.skip(
+            "PostgreSQL server binaries not installed: run `make system-test` (apt-get install postgresql)"
+        )
     pg = Path(PG_BIN[-1])
     root = tmp_path_factory.mktemp("postgres")
     data, sockets = root / "data", root / "sockets"
@@ -38,21 +50,42 @@ def postgres(tmp_path_factory) -> str:
         shutil.chown(root, "postgres")
         shutil.chown(sockets, "postgres")
     subprocess.run(
-        _as_postgres_user([str(pg / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust", "-E", "UTF8"]),
-        check=True, capture_output=True,
+        _as_postgres_user(
+            [str(pg / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust", "-E", "UTF8"]
+        ),
+        check=True,
+        capture_output=True,
     )
     port = free_port()
     server = subprocess.Popen(
-        _as_postgres_user([str(pg / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),
-                           "-c", "listen_addresses=127.0.0.1"]),
-        stdout=(root / "postgres.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        _as_postgres_user(
+            [
+                str(pg / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-k",
+                str(sockets),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ]
+        ),
+        stdout=(root / "postgres.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     for _ in range(100):
-        ready = subprocess.run([str(pg / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True)
+        ready = subprocess.run(
+            [str(pg / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+        )
         if ready.returncode == 0:
             break
         subprocess.run(["sleep", "0.2"])
-    subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"], check=True)
+    subprocess.run(
+        [str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
+        check=True,
+    )
     yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
     stop(server)
 
@@ -62,9 +95,23 @@ def shared_tracking(postgres, tmp_path_factory) -> str:
     """`mlflow server` with the PostgreSQL backend store and a separate artifact destination."""
     root = tmp_path_factory.mktemp("shared-mlflow")
     port = free_port()
-    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", postgres, "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
-    proc = start_server(cmd, root, base_env(), root / "server.log", f"http://127.0.0.1:{port}/health", 180)
+    cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        postgres,
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
+    ]
+    proc = start_server(
+        cmd, root, base_env(), root / "server.log", f"http://127.0.0.1:{port}/health", 180
+    )
     yield f"http://127.0.0.1:{port}"
     stop(proc)
 
@@ -89,11 +136,18 @@ def test_two_experiments_on_postgres_register_picks_the_better(shared_tracking, 
 
 def test_dvc_push_pull_round_trip(pipeline_run, tmp_path):
     env = base_env()
-    run([DVC, "remote", "modify", "--local", "local", "url", str(tmp_path / "remote")], pipeline_run, env)
+    run(
+        [DVC, "remote", "modify", "--local", "local", "url", str(tmp_path / "remote")],
+        pipeline_run,
+        env,
+    )
     pushed = run([DVC, "push"], pipeline_run, env)
     assert "pushed" in pushed.stdout
     cached_outputs = ["data", "models/model.keras", "reports/eval/predictions.csv"]
-    before = {p: (pipeline_run / p).stat().st_size for p in ("models/model.keras", "data/prepared/train.npz")}
+    before = {
+        p: (pipeline_run / p).stat().st_size
+        for p in ("models/model.keras", "data/prepared/train.npz")
+    }
     shutil.rmtree(pipeline_run / ".dvc" / "cache")
     for rel in cached_outputs:
         path = pipeline_run / rel

@@ -28,7 +28,11 @@ def tiny(n: int, seed: int) -> Split:
 
 def small_params(**train_changes):
     model = PARAMS.model.model_copy(
-        update={"conv_blocks": [b.model_copy(update={"filters": 4}) for b in PARAMS.model.conv_blocks[:2]]}
+        update={
+            "conv_blocks": [
+                b.model_copy(update={"filters": 4}) for b in PARAMS.model.conv_blocks[:2]
+            ]
+        }
     )
     train = PARAMS.train.model_copy(update={"epochs": 2, "batch_size": 16, **train_changes})
     return model, train
@@ -88,19 +92,38 @@ def test_unreachable_server_fails_fast_naming_it():
 
 @pytest.mark.unit
 def test_flatten_nested_params():
-    assert flatten({"a": {"b": [1, {"c": 2}], "d": [3, 4]}}) == {"a.b.0": 1, "a.b.1.c": 2, "a.d": [3, 4]}
+    assert flatten({"a": {"b": [1, {"c": 2}], "d": [3, 4]}}) == {
+        "a.b.0": 1,
+        "a.b.1.c": 2,
+        "a.d": [3, 4],
+    }
 
 
 def test_train_stage_with_dead_server_fails_in_seconds_and_writes_nothing(tmp_path):
     ws = copy_workspace(tmp_path)
     uri = f"http://127.0.0.1:{free_port()}"
     cmd = [
-        sys.executable, "-m", "pipeline.train", "--data", "data/prepared", "--model", "models/model.keras",
-        "--history", "reports/train/history.csv", "--run", "models/run.json",
+        sys.executable,
+        "-m",
+        "pipeline.train",
+        "--data",
+        "data/prepared",
+        "--model",
+        "models/model.keras",
+        "--history",
+        "reports/train/history.csv",
+        "--run",
+        "models/run.json",
     ]
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ws, env=base_env(MLFLOW_TRACKING_URI=uri), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        cmd,
+        cwd=ws,
+        env=base_env(MLFLOW_TRACKING_URI=uri),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.monotonic() - started
     assert proc.returncode != 0
     assert f"train failed: MLflow tracking server {uri} is not reachable" in proc.stderr

@@ -1,0 +1,115 @@
+"""The service under fuzzing, load and several workers: no 5xx, and it keeps serving.
+
+Bounded versions of benchmarks/load_test.py and of fuzzing from the service's own OpenAPI schema
+(schemathesis) and of random bytes to /classify (hypothesis), against a real `bentoml serve`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+import schemathesis
+from conftest import BIN, free_port, start_server, stop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from benchmarks.load_test import load_test
+from pipeline.params import load_params
+
+pytest_plugins = ["service_fixtures"]
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture(scope="session")
+def api_schema(service_url):
+    return schemathesis.openapi.from_url(f"{service_url}/docs.json")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+def test_openapi_fuzz_gets_no_server_error(case):
+    response = case.call(timeout=60)
+    assert response.status_code < 500, (
+        f"{case.method} {case.path}: {response.status_code} {response.text[:300]}"
+    )
+
+
+def _png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (28, 28), dtype=np.uint8)).save(
+        buf, "PNG"
+    )
+    return buf.getvalue()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    data=st.one_of(
+        st.binary(max_size=4096),
+        # a real PNG with some bytes overwritten: passes the magic-number sniff, then breaks
+        st.tuples(st.integers(0, 100), st.integers(0, 400), st.binary(min_size=1, max_size=16)).map(
+            lambda t: (lambda png: png[: t[1]] + t[2] + png[t[1] + len(t[2]) :])(_png(t[0]))
+        ),
+    ),
+    content_type=st.sampled_from(["image/png", "application/octet-stream", "text/plain"]),
+)
+def test_random_bytes_to_classify_get_no_server_error(service_url, data, content_type):
+    files = {"image": ("upload", data, content_type)}
+    response = requests.post(f"{service_url}/classify", files=files, timeout=60)
+    assert response.status_code in (200, 400, 413, 415, 422), response.text[:300]
+    assert response.headers["content-type"].startswith("application/json")
+
+
+def test_server_alive_after_fuzzing(service_url, test_images):
+    assert requests.get(f"{service_url}/readyz", timeout=10).status_code == 200
+    x, _ = test_images
+    resp = requests.post(f"{service_url}/predict", json={"images": [x[0].tolist()]}, timeout=30)
+    assert resp.status_code == 200
+
+
+def test_bounded_load_mix_good_and_bad(service_url, test_images, pipeline_run):
+    serve = load_params(pipeline_run / "params.yaml").serve
+    x, _ = test_images
+    report = load_test(
+        service_url, x[:200], n=600, concurrency=16, bad_fraction=0.1,
+        max_images=serve.max_images_per_request, max_upload=serve.max_upload_bytes, warmup=50,
+    )  # fmt: skip
+    assert report.server_errors == 0, report.status_counts
+    assert report.good_not_200 == 0, report.status_counts
+    assert report.bad_not_4xx == 0, report.status_counts
+    assert sum(v for k, v in report.status_counts.items() if k.startswith("bad:")) == 60
+
+
+def test_two_workers_both_answer(pipeline_run, pipeline_env, champion, tmp_path, test_images):
+    """`workers` > 1: BENTOML_CONFIG_OPTIONS sets two API workers; both answer requests."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**pipeline_env, "BENTOML_CONFIG_OPTIONS": "services.fashion_classifier.workers=2"}
+    cmd = [str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    log = tmp_path / "serve.log"
+    proc = start_server(cmd, pipeline_run, env, log, f"{url}/readyz", 240)
+    try:
+        x, _ = test_images
+        body = {"images": [x[0].tolist()]}
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(
+                pool.map(
+                    lambda _: requests.post(f"{url}/predict", json=body, timeout=60), range(200)
+                )
+            )
+        assert all(r.status_code == 200 for r in responses)
+        metrics = requests.get(f"{url}/metrics", timeout=10).text
+    finally:
+        stop(proc)
+    worker_ids = set(re.findall(r'worker_index="(\d+)"', metrics))
+    assert worker_ids, "no per-worker metrics"
+    assert len(worker_ids) >= 2, f"only worker(s) {worker_ids} answered"
