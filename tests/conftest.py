@@ -140,29 +140,24 @@ def run(cmd: list[str], cwd: Path, env: dict, timeout: float = 900) -> subproces
     return proc
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on a free loopback port, sqlite backend, served artifacts."""
-    root = tmp_path_factory.mktemp("mlflow")
+def start_mlflow(root: Path, backend_store_uri: str) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on a free loopback port with artifacts served from root/artifacts."""
     port = free_port()
     cmd = [
-        str(BIN / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--workers",
-        "1",
-    ]
-    proc = start_server(
-        cmd, root, base_env(), root / "server.log", f"http://127.0.0.1:{port}/health", 120
-    )
-    yield f"http://127.0.0.1:{port}"
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", backend_store_uri,
+        "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    return start_server(cmd, root, base_env(), root / "server.log", f"{url}/health", 180), url
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` with a sqlite backend, for the pipeline runs of the suite."""
+    root = tmp_path_factory.mktemp("mlflow")
+    proc, url = start_mlflow(root, f"sqlite:///{root / 'mlflow.db'}")
+    yield url
     stop(proc)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from idx_files import idx_bytes, tiny_dataset
 
 from pipeline.dataset import (
     DataError,
@@ -14,7 +15,6 @@ from pipeline.dataset import (
     load_split,
     save_split,
 )
-from tests.idx_files import idx_bytes, tiny_dataset
 
 pytestmark = [pytest.mark.unit, pytest.mark.data]
 

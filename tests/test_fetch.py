@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, free_port
+from idx_files import gz, sha256, tiny_dataset
 
 from pipeline.fetch import FetchError, fetch_dataset
 from pipeline.params import FetchParams
-from tests.conftest import REPO, free_port
-from tests.idx_files import gz, sha256, tiny_dataset
 
 pytestmark = [pytest.mark.data]
 

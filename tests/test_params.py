@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import yaml
+from conftest import REPO
 
 from pipeline.params import ParamsError, load_params, parse_params
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
 

@@ -8,10 +8,10 @@ import sqlite3
 import mlflow
 import numpy as np
 import pytest
+from conftest import BIN, SMALL_RUN, base_env, copy_workspace, run, set_params
 from mlflow.tracking import MlflowClient
 
 from pipeline.dataset import load_split
-from tests.conftest import BIN, SMALL_RUN, base_env, copy_workspace, run, set_params
 
 pytestmark = pytest.mark.e2e
 

@@ -10,9 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
-from tests.conftest import (
+from conftest import (
     BIN,
     SMALL_RUN,
     base_env,
@@ -20,9 +18,10 @@ from tests.conftest import (
     free_port,
     run,
     set_params,
-    start_server,
+    start_mlflow,
     stop,
 )
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.e2e
 
@@ -93,26 +92,8 @@ def postgres(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def shared_tracking(postgres, tmp_path_factory) -> str:
     """`mlflow server` with the PostgreSQL backend store and a separate artifact destination."""
-    root = tmp_path_factory.mktemp("shared-mlflow")
-    port = free_port()
-    cmd = [
-        str(BIN / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        postgres,
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--workers",
-        "1",
-    ]
-    proc = start_server(
-        cmd, root, base_env(), root / "server.log", f"http://127.0.0.1:{port}/health", 180
-    )
-    yield f"http://127.0.0.1:{port}"
+    proc, url = start_mlflow(tmp_path_factory.mktemp("shared-mlflow"), postgres)
+    yield url
     stop(proc)
 
 

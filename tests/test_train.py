@@ -9,12 +9,12 @@ import time
 import keras
 import numpy as np
 import pytest
+from conftest import REPO, base_env, copy_workspace, free_port
 
 from pipeline.dataset import Split
 from pipeline.params import load_params
 from pipeline.tracking import TrackingUnavailable, check_server, flatten, tracking_uri
 from pipeline.train import fit_model, learning_rate
-from tests.conftest import REPO, base_env, copy_workspace, free_port
 
 pytestmark = pytest.mark.model
 

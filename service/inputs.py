@@ -1,0 +1,85 @@
+"""Turning untrusted request content into model input, or into a 4xx naming the problem."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.responses import JSONResponse
+
+from pipeline.preprocess import image_to_pixels
+
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")  # the only decoders PIL may use
+MAX_PIXELS = 50_000_000  # width x height; a small file can declare a huge image
+
+
+class InputError(ValueError):
+    """A request the service cannot use: answered with `status` and {"error": message}."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": str(self)}, status_code=self.status)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Decode a PNG/JPEG/WebP/BMP/GIF file fully (first frame of an animation)."""
+    if not data:
+        raise InputError(422, "image is empty (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check follows
+        try:
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+        except UnidentifiedImageError:
+            raise InputError(415, "image is not a PNG, JPEG, WebP, BMP or GIF file") from None
+        except Image.DecompressionBombError as err:
+            raise InputError(413, f"image is too large: {err}") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            raise InputError(422, f"image header could not be read: {err}") from None
+    if image.width * image.height > MAX_PIXELS:
+        raise InputError(
+            413, f"image is {image.width}x{image.height} pixels, more than {MAX_PIXELS:,} in total"
+        )
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise InputError(
+            422, f"{image.format} image could not be decoded (truncated or corrupt?): {err}"
+        ) from None
+    return image
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer images (e.g. 16-bit PNGs) scaled to 8 bits; PIL would clip them."""
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return image
+    image = ImageOps.exif_transpose(image)
+    a = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.clip(a / 257.0, 0, 255).round().astype(np.uint8))
+
+
+def image_pixels(data: bytes, invert: bool | None) -> np.ndarray:
+    """File bytes -> uint8 (28, 28) through the shared preprocessing (invert=None: automatic)."""
+    image = open_image(data)
+    try:
+        return image_to_pixels(to_8bit(image), invert=invert)
+    except (OSError, ValueError) as err:
+        raise InputError(
+            422, f"{image.format} image in mode {image.mode} is not usable: {err}"
+        ) from None
+
+
+def image_file_pixels(path: Path, invert: bool | None) -> np.ndarray:
+    return image_pixels(path.read_bytes(), invert)
+
+
+def check_count(n: int, limit: int) -> None:
+    if n > limit:
+        raise InputError(
+            413, f"{n} images in one request; the limit is {limit} (serve.max_images_per_request)"
+        )

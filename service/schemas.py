@@ -1,0 +1,108 @@
+"""The service's request and response types: the API schema (OpenAPI at /docs.json)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, BeforeValidator, Field
+
+from pipeline.dataset import CLASS_NAMES
+from pipeline.params import IMAGE_SIZE, ServeParams
+from service.inputs import FORMATS
+
+# fail_fast: one bad pixel gives one error, not one per pixel of a 64-image request.
+Pixel = Annotated[int, Field(ge=0, le=255)]
+Row = Annotated[list[Pixel], Field(fail_fast=True, min_length=IMAGE_SIZE, max_length=IMAGE_SIZE)]
+Image28 = Annotated[list[Row], Field(fail_fast=True, min_length=IMAGE_SIZE, max_length=IMAGE_SIZE)]
+Images = Annotated[
+    list[Image28],
+    Field(
+        fail_fast=True,
+        min_length=1,
+        description="28x28 images as rows of integer pixels 0-255, light on dark",
+    ),
+]
+
+
+def _auto_is_none(value: Any) -> Any:
+    return None if value in ("auto", "", None) else value
+
+
+Invert = Annotated[
+    bool | None,
+    BeforeValidator(_auto_is_none),
+    Field(
+        description="true/false forces inverting the image; auto (default) inverts light backgrounds"
+    ),
+]
+
+
+class ModelRef(BaseModel):
+    name: str = Field(description="MLflow registered model name")
+    version: str = Field(description="MLflow model version (the @champion when it was served)")
+
+
+class Prediction(BaseModel):
+    class_id: int
+    class_name: str
+    confidence: float
+    probabilities: dict[str, float] = Field(
+        description="all ten class probabilities, by class name"
+    )
+    model: ModelRef
+
+
+class Predictions(BaseModel):
+    predictions: list[Prediction] = Field(description="one per input image, in order")
+
+
+class Metadata(BaseModel):
+    model: ModelRef
+    bento_model: str
+    mlflow_run_id: str
+    test_accuracy: float
+    git_commit: str
+    data_hash: str
+    class_names: list[str]
+    input: dict[str, str]
+    limits: dict[str, int]
+
+    @classmethod
+    def describe(cls, info: Any, serve: ServeParams) -> Metadata:
+        """From a BentoML model's info (the labels `register` gave it) and the serving limits."""
+        labels = info.labels
+        return cls(
+            model=ModelRef(
+                name=labels["mlflow_model_name"], version=labels["mlflow_model_version"]
+            ),
+            bento_model=str(info.tag),
+            mlflow_run_id=labels["mlflow_run_id"],
+            test_accuracy=float(labels["test_accuracy"]),
+            git_commit=labels["git_commit"],
+            data_hash=labels["data_hash"],
+            class_names=list(CLASS_NAMES),
+            input={
+                "classify": f"multipart/form-data: field `image`, one {'/'.join(FORMATS)} file of "
+                "any size and mode; optional field `invert`: true, false or auto (default)",
+                "predict": 'application/json: {"images": [...]}, each image 28 rows of 28 '
+                "integers 0-255 (light on dark, like Fashion-MNIST), "
+                f"1 to {serve.max_images_per_request} images",
+            },
+            limits=serve.model_dump(),
+        )
+
+
+def predictions(proba: np.ndarray, model: ModelRef) -> list[Prediction]:
+    """One Prediction per row of class probabilities (N, 10)."""
+    ids = proba.argmax(axis=1)
+    return [
+        Prediction(
+            class_id=int(i),
+            class_name=CLASS_NAMES[i],
+            confidence=float(p[i]),
+            probabilities=dict(zip(CLASS_NAMES, map(float, p), strict=True)),
+            model=model,
+        )
+        for i, p in zip(ids, proba, strict=True)
+    ]

@@ -1,0 +1,53 @@
+"""Fixtures for the register and service tests, on top of conftest's `pipeline_run`.
+
+A test module loads them with `pytest_plugins = ["service_fixtures"]`.
+`champion` runs the register stage in the pipeline workspace unless `dvc repro` already did;
+`service_url` is a real `bentoml serve` of that workspace on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import BIN, free_port, run, start_server, stop
+
+
+@pytest.fixture(scope="session")
+def champion(pipeline_run: Path, pipeline_env: dict) -> dict:
+    """models/champion.json of the pipeline workspace (register run here if dvc did not)."""
+    out = pipeline_run / "models" / "champion.json"
+    if not out.exists():
+        run([str(BIN / "python"), "-m", "pipeline.register"], pipeline_run, pipeline_env)
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="session")
+def service_url(
+    pipeline_run: Path, pipeline_env: dict, champion: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`bentoml serve` from the workspace root (bentofile.yaml), serving the champion."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("bentoml_serve") / "serve.log"
+    cmd = [str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(cmd, pipeline_run, pipeline_env, log, f"{url}/readyz", 240)
+    yield url
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def test_images(pipeline_run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The prepared test split: uint8 images (N, 28, 28) and labels."""
+    with np.load(pipeline_run / "data" / "prepared" / "test.npz") as data:
+        return data["x"], data["y"]
+
+
+@pytest.fixture(scope="session")
+def evaluated(pipeline_run: Path) -> pd.DataFrame:
+    """The evaluate stage's per-image predictions, indexed by test image."""
+    return pd.read_csv(pipeline_run / "reports" / "eval" / "predictions.csv").set_index("index")

@@ -1,0 +1,276 @@
+"""The register stage: the champion/challenger gate, its MLflow registry and BentoML store effects.
+
+The gate itself is unit-tested; the stage runs for real (`python -m pipeline.register`) against
+the session's MLflow server and private BentoML store: once on the pipeline's own run, then on
+crafted runs (the pipeline's model logged again with chosen test accuracies) in experiments and
+a registered model of their own, so the pipeline's champion is never touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import uuid
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from conftest import BIN, run
+from mlflow import MlflowClient
+
+from pipeline.params import RegisterParams
+from pipeline.register import decide
+
+pytest_plugins = ["service_fixtures"]  # champion
+
+
+def register_cmd(*extra: str) -> list[str]:
+    return [str(BIN / "python"), "-m", "pipeline.register", *extra]
+
+
+GATE = RegisterParams(
+    min_accuracy=0.9, max_regression=0.002, bento_model_name="gate", parity_samples=16
+)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("candidate", "champion", "promote", "words"),
+    [
+        (0.89, None, False, "below the floor"),
+        (0.90, None, True, "no champion yet"),
+        (0.95, 0.93, True, "above the champion"),
+        (0.929, 0.93, True, "within max_regression"),
+        (0.928, 0.93, True, "within max_regression"),  # exactly max_regression worse
+        (0.927, 0.93, False, "more than max_regression"),
+        (0.89, 0.85, False, "below the floor"),  # the floor holds even against a weak champion
+    ],
+)
+def test_gate(candidate, champion, promote, words):
+    decision, reason = decide(candidate, champion, GATE)
+    assert decision is promote
+    assert words in reason
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def bento_models(home: Path, name: str) -> dict[str, dict]:
+    """The BentoML store's models called `name`: version -> model.yaml (labels, metadata...)."""
+    root = home / "models" / name
+    if not root.is_dir():
+        return {}
+    return {
+        d.name: yaml.safe_load((d / "model.yaml").read_text()) for d in root.iterdir() if d.is_dir()
+    }
+
+
+@pytest.mark.e2e
+def test_pipeline_run_is_promoted_into_both_stores(
+    champion, pipeline_run, mlflow_server, bentoml_home, tmp_path
+):
+    run_id = json.loads((pipeline_run / "models" / "run.json").read_text())["run_id"]
+    accuracy = json.loads((pipeline_run / "reports" / "eval" / "metrics.json").read_text())
+    assert champion["decision"] == "promoted", champion["reason"]
+    assert champion["previous_champion"] is None
+    assert champion["candidate"]["run_id"] == run_id
+    assert champion["candidate"]["test_accuracy"] == accuracy["test_accuracy"]
+    assert champion["parity"]["samples"] == 256
+    assert champion["parity"]["max_confidence_diff"] < 1e-4
+    current = champion["champion"]
+    assert current["run_id"] == run_id
+
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    version = client.get_model_version_by_alias(current["model_name"], "champion")
+    assert version.version == current["version"]
+    assert version.run_id == run_id
+    assert version.tags["test_accuracy"] == str(accuracy["test_accuracy"])
+    assert version.tags["bento_model"] == current["bento_model"]
+    assert version.tags["git_commit"] == current["git_commit"] != "unknown"
+    assert len(version.tags["data_hash"]) == 64
+
+    name, bento_version = current["bento_model"].split(":")
+    stored = bento_models(bentoml_home, name)[bento_version]
+    assert stored["labels"] == {
+        "mlflow_model_name": current["model_name"],
+        "mlflow_model_version": current["version"],
+        "mlflow_run_id": run_id,
+        "test_accuracy": f"{accuracy['test_accuracy']:.4f}",
+        "git_commit": current["git_commit"],
+        "data_hash": version.tags["data_hash"],
+    }
+    assert stored["metadata"]["test_accuracy"] == accuracy["test_accuracy"]
+    source = client.get_model_version_download_uri(current["model_name"], current["version"])
+    registered = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=str(tmp_path), tracking_uri=mlflow_server
+        )
+    )
+    served = bentoml_home / "models" / name / bento_version / "model.keras"
+    assert sha256(served) == sha256(registered / "data" / "model.keras")
+
+
+@pytest.mark.e2e
+def test_rerun_keeps_the_champion(champion, pipeline_run, pipeline_env, bentoml_home, tmp_path):
+    name = champion["champion"]["bento_model"].split(":")[0]
+    before = bento_models(bentoml_home, name)
+    out = tmp_path / "champion.json"
+    run(register_cmd("--out", str(out)), pipeline_run, pipeline_env)
+    record = json.loads(out.read_text())
+    assert record["decision"] == "kept"
+    assert "already the champion" in record["reason"]
+    assert record["champion"] == champion["champion"]
+    assert bento_models(bentoml_home, name) == before
+
+
+# Crafted runs: the pipeline's model logged like `train` does, with the given test accuracy and
+# evaluate's predictions table (optionally tampered with, so the parity check must fail).
+MAKE_RUNS = r"""
+import json, os, sys, tempfile
+from pathlib import Path
+import keras, mlflow
+from pipeline.dataset import load_split
+from pipeline.evaluate import evaluate_predictions
+from pipeline.model import predict_proba
+
+mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+model = keras.saving.load_model("models/model.keras")
+test = load_split(Path("data/prepared/test.npz"))
+table = evaluate_predictions(test.y[:512], predict_proba(model, test.x[:512])).predictions
+run_ids = {}
+for spec in json.loads(sys.argv[1]):
+    mlflow.set_experiment(spec["experiment"])
+    with mlflow.start_run(tags={"git_commit": "crafted", "data_hash": "crafted"}) as active:
+        mlflow.keras.log_model(model, name="model", pip_requirements=["tensorflow", "keras"])
+        logged = table.copy()
+        if spec["tamper"]:
+            logged["predicted_id"] = (logged["predicted_id"] + 1) % 10
+        with tempfile.TemporaryDirectory() as tmp:
+            logged.to_csv(f"{tmp}/predictions.csv", index_label="index", float_format="%.6f")
+            mlflow.log_artifact(f"{tmp}/predictions.csv", artifact_path="evaluation")
+        mlflow.log_metric("test_accuracy", spec["accuracy"])
+    run_ids[spec["experiment"]] = active.info.run_id
+print("RUNS=" + json.dumps(run_ids))
+"""
+
+
+@pytest.fixture(scope="module")
+def crafted(pipeline_run: Path, pipeline_env: dict) -> dict[str, str]:
+    """Experiment (scenario) name -> id of its one crafted run."""
+    prefix = f"reg-{uuid.uuid4().hex[:8]}"
+    specs = [
+        {"experiment": f"{prefix}-floor", "accuracy": 0.40, "tamper": False},
+        {"experiment": f"{prefix}-first", "accuracy": 0.80, "tamper": False},
+        {"experiment": f"{prefix}-parity", "accuracy": 0.85, "tamper": True},
+        {"experiment": f"{prefix}-worse", "accuracy": 0.70, "tamper": False},
+        {"experiment": f"{prefix}-better", "accuracy": 0.90, "tamper": False},
+    ]
+    proc = run(
+        [str(BIN / "python"), "-c", MAKE_RUNS, json.dumps(specs)], pipeline_run, pipeline_env
+    )
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RUNS="))
+    return {"prefix": prefix, **json.loads(line.removeprefix("RUNS="))}
+
+
+def register(ws: Path, env: dict, tmp: Path, experiment: str, model: str):
+    """Run the stage with its own experiment and registered/BentoML model names."""
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["mlflow"] |= {"experiment_name": experiment, "registered_model_name": model}
+    params["register"]["bento_model_name"] = model
+    params_file = tmp / f"params-{experiment}.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    out = tmp / f"champion-{experiment}.json"
+    cmd = register_cmd("--params", str(params_file), "--out", str(out))
+    proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=600)
+    return proc, (json.loads(out.read_text()) if proc.returncode == 0 else None)
+
+
+def registry_state(client: MlflowClient, model: str) -> tuple[list[str], str | None]:
+    """(all version numbers, the @champion's version) of a registered model."""
+    versions = sorted(v.version for v in client.search_model_versions(f"name='{model}'"))
+    try:
+        alias = client.get_model_version_by_alias(model, "champion").version
+    except mlflow.exceptions.MlflowException:
+        alias = None
+    return versions, alias
+
+
+@pytest.mark.e2e
+def test_floor_blocks_a_first_champion(
+    crafted, pipeline_run, pipeline_env, mlflow_server, bentoml_home, tmp_path
+):
+    model = f"{crafted['prefix']}-floor"
+    proc, record = register(
+        pipeline_run, pipeline_env, tmp_path, f"{crafted['prefix']}-floor", model
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert record["decision"] == "kept"
+    assert "below the floor min_accuracy=0.5000" in record["reason"]
+    assert record["candidate"]["test_accuracy"] == 0.40
+    assert record["champion"] is None
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    assert registry_state(client, model) == ([], None)
+    assert bento_models(bentoml_home, model) == {}
+
+
+@pytest.mark.e2e
+def test_champion_challenger_sequence(
+    crafted, pipeline_run, pipeline_env, mlflow_server, bentoml_home, tmp_path
+):
+    prefix = crafted["prefix"]
+    model = f"{prefix}-registry"
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+
+    def step(scenario: str):
+        return register(pipeline_run, pipeline_env, tmp_path, f"{prefix}-{scenario}", model)
+
+    # 1. No champion yet: the first candidate above the floor is promoted into both stores.
+    proc, record = step("first")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert record["decision"] == "promoted"
+    assert record["champion"]["version"] == "1"
+    assert record["champion"]["run_id"] == crafted[f"{prefix}-first"]
+    assert registry_state(client, model) == (["1"], "1")
+    store = bento_models(bentoml_home, model)
+    assert [m["labels"]["mlflow_model_version"] for m in store.values()] == ["1"]
+
+    # 2. A better candidate whose model does not reproduce its evaluation: the stage fails, untouched.
+    proc, _ = step("parity")
+    assert proc.returncode != 0
+    assert "parity" in proc.stderr
+    assert registry_state(client, model) == (["1"], "1")
+    assert bento_models(bentoml_home, model) == store
+
+    # 3. A worse candidate (0.70 vs 0.80, max_regression 0.002): the champion is kept.
+    proc, record = step("worse")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert record["decision"] == "kept"
+    assert "more than max_regression" in record["reason"]
+    assert record["candidate"]["test_accuracy"] == 0.70
+    assert record["champion"]["test_accuracy"] == 0.80
+    assert record["champion"] == record["previous_champion"]
+    assert registry_state(client, model) == (["1"], "1")
+    assert bento_models(bentoml_home, model) == store
+
+    # 4. A better candidate: version 2 becomes the champion; the old BentoML model stays as it was.
+    proc, record = step("better")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert record["decision"] == "promoted"
+    assert record["previous_champion"]["version"] == "1"
+    assert (record["champion"]["version"], record["champion"]["test_accuracy"]) == ("2", 0.90)
+    assert registry_state(client, model) == (["1", "2"], "2")
+    after = bento_models(bentoml_home, model)
+    assert {k: v for k, v in after.items() if k in store} == store
+    (new,) = (after[k] for k in after.keys() - store.keys())
+    assert new["labels"]["mlflow_model_version"] == "2"
+    assert new["labels"]["mlflow_run_id"] == crafted[f"{prefix}-better"]
+    assert record["champion"]["bento_model"] == f"{model}:{new['version']}"
+
+    # 5. Nothing new: the best run is already the champion.
+    proc, record = step("better")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (record["decision"], record["champion"]["version"]) == ("kept", "2")
+    assert registry_state(client, model) == (["1", "2"], "2")

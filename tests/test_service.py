@@ -1,0 +1,483 @@
+"""The BentoML service over real HTTP: `bentoml serve` of a workspace where the pipeline ran.
+
+The served model is the champion `register` promoted from a 2,000-image, 1-epoch run; its
+answers are compared with the evaluate stage's predictions.csv (same model, same preprocessing).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import struct
+import tarfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+from conftest import BIN, REPO, free_port, run, start_server, stop
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from pipeline.dataset import CLASS_NAMES
+from pipeline.params import load_params
+
+pytest_plugins = ["service_fixtures"]  # champion, service_url, test_images, evaluated
+pytestmark = pytest.mark.service
+CONFIDENCE_TOLERANCE = 1e-4
+
+
+def encode(pixels: np.ndarray | Image.Image, fmt: str, **options: object) -> bytes:
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    buf = io.BytesIO()
+    image.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def post_predict(url: str, images: np.ndarray | list, **kw: object) -> requests.Response:
+    payload = {"images": images.tolist() if isinstance(images, np.ndarray) else images}
+    return requests.post(f"{url}/predict", json=payload, timeout=60, **kw)
+
+
+def post_image(
+    url: str, data: bytes, name: str = "item.png", ctype: str = "image/png", **form: str
+):
+    return requests.post(
+        f"{url}/classify", files={"image": (name, data, ctype)}, data=form, timeout=60
+    )
+
+
+def assert_prediction(pred: dict, champion: dict) -> None:
+    assert set(pred["probabilities"]) == set(CLASS_NAMES)
+    assert math.isclose(sum(pred["probabilities"].values()), 1.0, abs_tol=1e-4)
+    assert pred["class_name"] == CLASS_NAMES[pred["class_id"]]
+    assert pred["confidence"] == max(pred["probabilities"].values())
+    assert pred["model"] == {"name": champion["model_name"], "version": champion["version"]}
+
+
+def assert_matches_evaluate(preds: list[dict], evaluated, indices) -> None:
+    for pred, i in zip(preds, indices, strict=True):
+        assert pred["class_id"] == evaluated.loc[i, "predicted_id"], f"test image {i}"
+        assert abs(pred["confidence"] - evaluated.loc[i, "confidence"]) < CONFIDENCE_TOLERANCE
+
+
+def test_metadata_names_the_champion(service_url, champion, pipeline_run):
+    meta = requests.get(f"{service_url}/metadata", timeout=10).json()
+    params = load_params(pipeline_run / "params.yaml")
+    current = champion["champion"]
+    assert meta["model"] == {
+        "name": params.mlflow.registered_model_name,
+        "version": current["version"],
+    }
+    assert meta["mlflow_run_id"] == current["run_id"]
+    assert meta["bento_model"] == current["bento_model"]
+    assert meta["test_accuracy"] == pytest.approx(current["test_accuracy"], abs=1e-4)
+    assert meta["class_names"] == list(CLASS_NAMES)
+    assert {"classify", "predict"} <= set(meta["input"])
+    assert meta["limits"] == params.serve.model_dump()
+
+
+def test_probes_metrics_and_docs_stay_available(service_url):
+    assert requests.get(f"{service_url}/readyz", timeout=10).status_code == 200
+    assert requests.get(f"{service_url}/livez", timeout=10).status_code == 200
+    assert (
+        "bentoml_service_request_total" in requests.get(f"{service_url}/metrics", timeout=10).text
+    )
+    paths = requests.get(f"{service_url}/docs.json", timeout=10).json()["paths"]
+    assert {"/classify", "/predict", "/metadata"} <= set(paths)
+    assert requests.get(service_url, timeout=10).status_code == 200  # the OpenAPI UI
+
+
+def test_predict_equals_evaluate_stage(service_url, champion, test_images, evaluated):
+    x, _ = test_images
+    resp = post_predict(service_url, x[:64])
+    assert resp.status_code == 200, resp.text
+    preds = resp.json()["predictions"]
+    assert len(preds) == 64
+    for pred in preds:
+        assert_prediction(pred, champion["champion"])
+    assert_matches_evaluate(preds, evaluated, range(64))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "options"),
+    [
+        ("PNG", "L", {}),
+        ("PNG", "RGBA", {}),
+        ("PNG", "I;16", {}),  # a 16-bit PNG: scaled to 8 bits, not clipped
+        ("WEBP", "RGB", {"lossless": True}),
+        ("BMP", "L", {}),
+        ("GIF", "L", {}),
+    ],
+)
+def test_classify_lossless_image_equals_evaluate_stage(
+    service_url, champion, test_images, evaluated, fmt, mode, options
+):
+    x, _ = test_images
+    for i in range(4):
+        pixels = x[i].astype(np.uint16) * 257 if mode == "I;16" else x[i]
+        image = Image.fromarray(pixels)
+        data = encode(image if mode in ("L", "I;16") else image.convert(mode), fmt, **options)
+        resp = post_image(service_url, data, f"item.{fmt.lower()}", f"image/{fmt.lower()}")
+        assert resp.status_code == 200, resp.text
+        assert_prediction(resp.json(), champion["champion"])
+        assert_matches_evaluate([resp.json()], evaluated, [i])
+
+
+def test_classify_jpeg_matches_predict_on_its_pixels(service_url, test_images):
+    from pipeline.preprocess import image_to_pixels
+
+    x, _ = test_images
+    for i in range(4):
+        data = encode(x[i], "JPEG", quality=90)
+        resp = post_image(service_url, data, "item.jpg", "image/jpeg")
+        assert resp.status_code == 200, resp.text
+        pixels = image_to_pixels(Image.open(io.BytesIO(data)))
+        expected = post_predict(service_url, pixels[None]).json()["predictions"][0]
+        assert resp.json()["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)
+
+
+def test_classify_photo_is_fitted_and_inverted_automatically(service_url, test_images, evaluated):
+    """A large dark-on-light RGB photo of a test item: auto-inverted, fitted to 28x28."""
+    x, _ = test_images
+    i = int(evaluated["confidence"].iloc[:200].idxmax())  # a clear-cut item
+    photo = Image.fromarray(255 - x[i]).resize((300, 300), Image.Resampling.BICUBIC).convert("RGB")
+    canvas = Image.new("RGB", (400, 300), "white")  # wider than tall: aspect ratio kept
+    canvas.paste(photo, (50, 0))
+    data = encode(canvas, "JPEG", quality=95)
+    auto = post_image(service_url, data, "photo.jpg", "image/jpeg").json()
+    forced_on = post_image(service_url, data, "photo.jpg", "image/jpeg", invert="true").json()
+    forced_off = post_image(service_url, data, "photo.jpg", "image/jpeg", invert="false").json()
+    assert auto["probabilities"] == forced_on["probabilities"]
+    assert auto["probabilities"] != forced_off["probabilities"]
+    assert auto["class_id"] == evaluated.loc[i, "predicted_id"]
+
+
+def multipart(body: bytes, boundary: str = "b0undary") -> dict:
+    return {"data": body, "headers": {"Content-Type": f"multipart/form-data; boundary={boundary}"}}
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels but carries (almost) no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def _bad_requests(x: np.ndarray, limits) -> list:
+    png = encode(x[0], "PNG")
+    one = x[0].tolist()
+    big = b"\0" * (limits.max_upload_bytes + 1)
+    classify, predict = "/classify", "/predict"
+    return [
+        ("not an image", classify, {"files": {"image": ("a.png", b"hello, world" * 10, "image/png")}},
+         415, "not a PNG"),
+        ("truncated PNG", classify, {"files": {"image": ("a.png", png[: len(png) // 2], "image/png")}},
+         422, "truncated"),
+        ("empty upload", classify, {"files": {"image": ("a.png", b"", "image/png")}}, 422, "empty"),
+        ("oversize upload", classify, {"files": {"image": ("a.png", big, "image/png")}}, 413, "limit"),
+        ("TIFF", classify, {"files": {"image": ("a.tif", encode(x[0], "TIFF"), "image/tiff")}},
+         415, "not a PNG"),
+        ("text part", classify, {"files": {"image": ("a.txt", b"hello", "text/plain")}}, 415, "text/plain"),
+        ("JSON to classify", classify, {"json": {"image": "a.png"}}, 415, "multipart/form-data"),
+        ("image as text field", classify, {"data": {"image": "http://example.com/a.png"}}, 415,
+         "multipart/form-data"),
+        ("image as form text", classify,
+         multipart(b'--b0undary\r\nContent-Disposition: form-data; name="image"\r\n\r\n'
+                   b"http://example.com/a.png\r\n--b0undary--\r\n"), 400, "file upload"),
+        ("no image field", classify, {"files": {"picture": ("a.png", png, "image/png")}}, 400, "`image`"),
+        ("malformed multipart", classify, multipart(b"garbage"), 400, "multipart"),
+        ("bad invert", classify, {"files": {"image": ("a.png", png, "image/png")}, "data": {"invert": "maybe"}},
+         400, "invert"),
+        ("form to predict", predict, {"data": {"images": "[]"}}, 415, "application/json"),
+        ("invalid JSON", predict, {"data": b'{"images": [', "headers": {"Content-Type": "application/json"}},
+         400, "JSON"),
+        ("missing images", predict, {"json": {"pictures": [one]}}, 400, "images"),
+        ("empty list", predict, {"json": {"images": []}}, 400, "at least 1"),
+        ("27 rows", predict, {"json": {"images": [one[:27]]}}, 400, "at least 28"),
+        ("29 columns", predict, {"json": {"images": [[[*row, 0] for row in one]]}}, 400, "at most 28"),
+        ("flat image", predict, {"json": {"images": [x[0].ravel().tolist()]}}, 400, "list"),
+        ("value 256", predict, {"json": {"images": [[[256] * 28, *one[1:]]]}}, 400, "less than or equal to 255"),
+        ("value -1", predict, {"json": {"images": [[[-1] * 28, *one[1:]]]}}, 400, "greater than or equal to 0"),
+        ("NaN", predict, {"data": json.dumps({"images": [[[math.nan] * 28, *one[1:]]]}),
+                          "headers": {"Content-Type": "application/json"}}, 400, "finite"),
+        ("fraction", predict, {"json": {"images": [[[0.5] * 28, *one[1:]]]}}, 400, "integer"),
+        ("too many images", predict, {"json": {"images": [one] * (limits.max_images_per_request + 1)}},
+         413, "limit"),
+        ("oversize JSON", predict, {"data": big, "headers": {"Content-Type": "application/json"}}, 413, "limit"),
+    ]  # fmt: skip
+
+
+def test_bad_input_gets_a_4xx_naming_the_problem(service_url, test_images, pipeline_run):
+    x, _ = test_images
+    limits = load_params(pipeline_run / "params.yaml").serve
+    failures = []
+    for name, path, kwargs, status, words in _bad_requests(x, limits):
+        resp = requests.post(f"{service_url}{path}", timeout=60, **kwargs)
+        body = resp.json()  # every answer is JSON
+        text = json.dumps(body)
+        if resp.status_code != status or words.lower() not in text.lower():
+            failures.append(f"{name}: {resp.status_code} {text[:300]}")
+    assert not failures, "\n".join(failures)
+    # ...and the server keeps serving.
+    assert requests.get(f"{service_url}/readyz", timeout=10).status_code == 200
+    assert post_predict(service_url, x[:2]).status_code == 200
+
+
+def batch_histogram(url: str) -> tuple[float, float]:
+    """(batches, batches of size 1) so far, from the model service's adaptive batching histogram."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    total = ones = 0.0
+    for line in text.splitlines():
+        if (
+            not line.startswith("bentoml_service_adaptive_batch_size")
+            or "predict_proba" not in line
+        ):
+            continue
+        value = float(line.rsplit(" ", 1)[1])
+        if line.startswith("bentoml_service_adaptive_batch_size_count"):
+            total += value
+        elif re.search(r'le="1(\.0)?"', line):
+            ones += value
+    return total, ones
+
+
+def test_concurrent_requests_are_batched_and_answered_in_order(service_url, test_images, evaluated):
+    x, _ = test_images
+    before = batch_histogram(service_url)
+    # 192 requests from 32 threads; every 4th carries 3 images, so batches mix request sizes.
+    jobs = [list(range(i, i + 3)) if i % 4 == 0 else [i] for i in range(192)]
+
+    def call(indices: list[int]) -> tuple[list[int], requests.Response]:
+        return indices, post_predict(service_url, x[indices])
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(call, jobs))
+    for indices, resp in results:
+        assert resp.status_code == 200, resp.text
+        assert_matches_evaluate(resp.json()["predictions"], evaluated, indices)
+    after = batch_histogram(service_url)
+    batches, singles = after[0] - before[0], after[1] - before[1]
+    assert batches > 0
+    assert batches - singles > 0, "no batch of more than one request"
+    assert batches < len(jobs), "every request was its own batch"
+
+
+@pytest.mark.unit
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    data=st.one_of(
+        st.binary(max_size=2000),
+        st.tuples(
+            st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "WEBP"]),
+            st.integers(0, 10**6),
+            st.binary(max_size=8),
+        ),
+    )
+)
+def test_any_upload_is_decoded_or_refused_with_a_4xx(data):
+    """Random bytes, and real images cut short or with bytes overwritten, never escape as a 500."""
+    from service.inputs import InputError, image_pixels
+
+    if isinstance(data, tuple):
+        fmt, seed, patch = data
+        rng = np.random.default_rng(seed)
+        valid = encode(rng.integers(0, 256, (40, 30), dtype=np.uint8), fmt)
+        at = int(rng.integers(0, len(valid)))
+        data = valid[:at] + patch + valid[at + len(patch) :] if seed % 2 else valid[:at]
+    try:
+        pixels, status = image_pixels(data, None), None
+    except InputError as err:
+        pixels, status = None, err.status
+    if status is None:
+        assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
+    else:
+        assert 400 <= status < 500
+
+
+@pytest.mark.unit
+def test_batcher_hold_time_is_capped():
+    """After a burst, BentoML's batcher must not keep holding lone requests for tens of ms."""
+    from bentoml._internal.marshal.dispatcher import Optimizer
+
+    from service import patches
+
+    patches.apply()
+    patches.apply()  # idempotent
+    optimizer = Optimizer(max_latency=10.0)
+    for n in (1, 4, 16, 32):  # (batch size, duration, observed wait): waits of 60 ms
+        optimizer.o_stat.append((n, 0.001 + 0.0001 * n, 0.060))
+    optimizer.trigger_refresh()
+    assert optimizer.wait == patches.MAX_HOLD_S
+    assert optimizer.o_a == pytest.approx(0.0001) and optimizer.o_b == pytest.approx(0.001)
+
+
+@pytest.mark.unit
+def test_request_timeout_releases_its_timer_and_still_times_out():
+    """A served request leaves no live timer holding its context; a slow one still gets a 504."""
+    import asyncio
+
+    import httpx
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+    from starlette.responses import PlainTextResponse
+
+    from service import patches
+
+    patches.apply()
+
+    async def fast(scope, receive, send):
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    async def slow(scope, receive, send):
+        await asyncio.sleep(2)
+        await PlainTextResponse("late")(scope, receive, send)
+
+    async def get(app) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.get("/")
+
+    async def scenario() -> tuple[httpx.Response, list, httpx.Response]:
+        loop = asyncio.get_running_loop()
+        served = await get(TimeoutMiddleware(fast, timeout=30))
+        live_timers = [
+            h for h in loop._scheduled if not h.cancelled() and h.when() > loop.time() + 10
+        ]
+        timed_out = await get(TimeoutMiddleware(slow, timeout=0.05))
+        return served, live_timers, timed_out
+
+    served, live_timers, timed_out = asyncio.run(scenario())
+    assert (served.status_code, served.text) == (200, "ok")
+    assert live_timers == []
+    assert timed_out.status_code == 504
+    assert "0.05 seconds" in timed_out.json()["error"]
+
+
+@pytest.mark.unit
+def test_bentofile_pins_serving_packages_as_locked():
+    bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
+    locked = dict(
+        line.split("==", 1)
+        for line in (REPO / "requirements.lock").read_text().splitlines()
+        if "==" in line
+    )
+    pins = dict(p.split("==", 1) for p in bentofile["python"]["packages"])
+    assert set(pins) == {
+        "bentoml",
+        "tensorflow",
+        "keras",
+        "numpy",
+        "pillow",
+        "pydantic",
+        "pyyaml",
+        "fastapi",
+    }
+    assert {name: locked[name] for name in pins} == pins
+
+
+@pytest.mark.unit
+def test_upload_limit_comes_from_params(tmp_path, monkeypatch):
+    """The guard reads serve.max_upload_bytes from the params file (here: a 100-byte limit),
+    whether the client declares the body's length or streams it in chunks."""
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from service import settings
+    from service.guard import RequestGuard
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["serve"]["max_upload_bytes"] = 100
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("FASHION_MNIST_PARAMS", str(tmp_path / "params.yaml"))
+    settings.params.cache_clear()
+
+    async def echo(request):
+        return PlainTextResponse(str(len(await request.body())))
+
+    app = RequestGuard(Starlette(routes=[Route("/predict", echo, methods=["POST"])]))
+
+    async def post(body: bytes, chunked: bool = False) -> httpx.Response:
+        async def chunks():
+            for i in range(0, len(body), 30):
+                yield body[i : i + 30]
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://guard") as client:
+            content = chunks() if chunked else body
+            headers = {"Content-Type": "application/json"}
+            return await client.post("/predict", content=content, headers=headers)
+
+    try:
+        ok, streamed_ok = asyncio.run(post(b"x" * 100)), asyncio.run(post(b"x" * 100, True))
+        too_big, streamed_too_big = (
+            asyncio.run(post(b"x" * 101)),
+            asyncio.run(post(b"x" * 101, True)),
+        )
+    finally:
+        settings.params.cache_clear()
+    assert (ok.status_code, ok.text) == (200, "100")
+    assert (streamed_ok.status_code, streamed_ok.text) == (200, "100")
+    for resp in (too_big, streamed_too_big):
+        assert resp.status_code == 413
+        assert "100 bytes" in resp.json()["error"]
+
+
+@pytest.mark.e2e
+def test_bento_build_contains_model_and_serves(
+    pipeline_run, pipeline_env, champion, tmp_path, test_images, evaluated
+):
+    """`bentoml build` packs the champion; the exported Bento serves it from an empty store."""
+    tag = run([str(BIN / "bentoml"), "build", "-o", "tag"], pipeline_run, pipeline_env).stdout
+    tag = re.search(r"__tag__:(\S+)", tag).group(1)
+    home = Path(pipeline_env["BENTOML_HOME"])
+    bento_dir = home / "bentos" / tag.replace(":", "/")
+    info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
+    model_tag = champion["champion"]["bento_model"]
+    served = {m["tag"] for svc in info["services"] for m in svc["models"]}
+    assert served == {model_tag}
+    dockerfile = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
+    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
+    assert users and users[-1] == "bentoml"  # the image runs as the non-root user
+    assert dockerfile.rindex("\nUSER bentoml") < re.search(r"^ENTRYPOINT", dockerfile, re.M).start()
+    requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
+    assert not re.search(
+        r"^(mlflow|dvc|scikit-learn|pandas|matplotlib|pytest)\b", requirements, re.M
+    )
+
+    archive = tmp_path / "classifier.bento"
+    run([str(BIN / "bentoml"), "export", tag, str(archive)], pipeline_run, pipeline_env)
+    name, version = model_tag.split(":")
+    with tarfile.open(archive) as tar:
+        members = set(tar.getnames())
+        assert f"./models/{name}/{version}/model.keras" in members
+        assert "./env/docker/Dockerfile" in members
+
+    fresh = {**pipeline_env, "BENTOML_HOME": str(tmp_path / "fresh_home")}
+    run([str(BIN / "bentoml"), "import", str(archive)], tmp_path, fresh)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [str(BIN / "bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
+    proc = start_server(cmd, tmp_path, fresh, tmp_path / "serve.log", f"{url}/readyz", 240)
+    try:
+        assert requests.get(f"{url}/metadata", timeout=10).json()["bento_model"] == model_tag
+        resp = post_predict(url, test_images[0][:8])
+        assert resp.status_code == 200
+        assert_matches_evaluate(resp.json()["predictions"], evaluated, range(8))
+    finally:
+        stop(proc)
