@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 UV_VERSION := 0.13.8
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test setup system-data system-test lint format lock serve build bench clean-stores
+.PHONY: repro test setup system-data system-test lint format lock serve build bench-train bench-serve load-test
 
 repro: setup system-data  ## set everything up, then run the whole pipeline on the default params
 	dvc repro
@@ -42,3 +42,12 @@ serve:  ## serve the champion model on http://localhost:3000
 
 build:  ## package the service and the champion model as a Bento
 	bentoml build
+
+bench-train:  ## default CNN vs the plain two-conv reference (needs `dvc repro prepare`)
+	python benchmarks/train_benchmark.py
+
+bench-serve:  ## latency/throughput of a running `bentoml serve` vs in-process and naive
+	python benchmarks/serve_benchmark.py
+
+load-test:  ## 10,000 mixed good/bad requests at concurrency 32 against a fresh `bentoml serve`
+	python benchmarks/load_test.py

@@ -94,5 +94,7 @@ def format_table(rows: list[LayerRow]) -> str:
     if rows:
         last = rows[-1]
         features = last.n_out * last.n_out * last.channels
-        lines.append(f"flatten: {last.n_out} x {last.n_out} x {last.channels} = {features} features")
+        lines.append(
+            f"flatten: {last.n_out} x {last.n_out} x {last.channels} = {features} features"
+        )
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,19 +36,20 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory) -> str:
+def postgres() -> str:
     """A throwaway PostgreSQL server on a free loopback port (no system service): its URL."""
     if not PG_BIN:
         pytest.skip(
             "PostgreSQL server binaries not installed: run `make system-test` (apt-get install postgresql)"
         )
     pg = Path(PG_BIN[-1])
-    root = tmp_path_factory.mktemp("postgres")
+    # Outside pytest's 0700 base temp dir, so that the `postgres` user can reach it when we are root.
+    root = Path(tempfile.mkdtemp(prefix="pytest-postgres-"))
     data, sockets = root / "data", root / "sockets"
     sockets.mkdir()
     if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(sockets, "postgres")
+        for path in (root, sockets):
+            shutil.chown(path, "postgres")
     subprocess.run(
         _as_postgres_user(
             [str(pg / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust", "-E", "UTF8"]
@@ -85,8 +87,9 @@ def postgres(tmp_path_factory) -> str:
         [str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
         check=True,
     )
-    yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+    yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"
     stop(server)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
