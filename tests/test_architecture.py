@@ -15,6 +15,17 @@ from pipeline.params import ConvBlock, DenseLayer, ModelParams, PoolParams
 pytestmark = pytest.mark.model
 
 
+def conv_block(**settings: object) -> ConvBlock:
+    """A 4-filter 3x3 conv + 2/2 max pool block, with the given settings."""
+    base = {
+        "filters": 4,
+        "kernel_size": 3,
+        "activation": "relu",
+        "pool": PoolParams(size=2, strides=2),
+    }
+    return ConvBlock(**base, **settings)
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize(
     ("n", "f", "s", "padding", "expected"),
@@ -33,19 +44,7 @@ def test_output_size_formula(n, f, s, padding, expected):
 
 @pytest.mark.unit
 def test_table_rows_and_text():
-    blocks = [
-        ConvBlock(
-            filters=4,
-            kernel_size=3,
-            strides=2,
-            padding="same",
-            batch_norm=False,
-            activation="relu",
-            pool=PoolParams(size=2, strides=2),
-            dropout=0.0,
-        )
-    ]
-    rows = layer_table(28, blocks)
+    rows = layer_table(28, [conv_block(strides=2, padding="same", batch_norm=False, dropout=0.0)])
     assert [(r.layer, r.n_in, r.p, r.n_out) for r in rows] == [
         ("conv_0", 28, 0.5, 14),
         ("pool_0", 14, 0.0, 7),
@@ -86,18 +85,7 @@ def test_table_matches_keras_for_random_architectures(conv_blocks):
 
 def test_built_model_predicts_probabilities():
     params = ModelParams(
-        conv_blocks=[
-            ConvBlock(
-                filters=4,
-                kernel_size=3,
-                strides=1,
-                padding="valid",
-                batch_norm=True,
-                activation="relu",
-                pool=PoolParams(size=2, strides=2),
-                dropout=0.1,
-            )
-        ],
+        conv_blocks=[conv_block(strides=1, padding="valid", batch_norm=True, dropout=0.1)],
         dense=[DenseLayer(units=8, dropout=0.2)],
     )
     model = build_model(params)
