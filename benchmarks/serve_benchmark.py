@@ -6,7 +6,10 @@ concurrency (1, 8, 32: closed-loop clients over keep-alive connections), and /pr
 request of images at concurrency 8. Beside them:
   - ceiling: the same model in this process, batched, with no HTTP (images/s at MAX_BATCH);
   - floor: a naive service (NaiveClassifier below) calling `model.predict` per request,
-    started here on a free port unless --naive-url is given.
+    started here on a free port unless --naive-url is given;
+  - HTTP bound: a no-op BentoML service (NoopClassifier below, one worker per CPU) that parses
+    the same request and returns an answer of the same size without any model: what BentoML's
+    per-request cost alone allows on this machine.
 Prints a table with the ratios and writes JSON to benchmarks/results/ (git-ignored).
 
     bentoml serve &                      # from the repository root
@@ -68,6 +71,19 @@ class NaiveClassifier:
         from pipeline.preprocess import to_model_input
 
         proba = self.model.predict(to_model_input(np.asarray(images, np.uint8)), verbose=0)
+        return Predictions(predictions=predictions(proba, self.ref))
+
+
+@bentoml.service(name="noop_classifier", workers=os.cpu_count() or 1)
+class NoopClassifier:
+    """The HTTP bound: the same request and response types, no model."""
+
+    def __init__(self) -> None:
+        self.ref = ModelRef(name="noop", version="0")
+
+    @bentoml.api(route="/predict")
+    def predict(self, images: Images) -> Predictions:
+        proba = np.full((len(images), 10), 0.1, np.float32)
         return Predictions(predictions=predictions(proba, self.ref))
 
 
@@ -174,7 +190,7 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"naive service exited with {proc.returncode}")
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
                 if resp.status == 200:
@@ -184,9 +200,10 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
-def start_naive(log: Path) -> tuple[subprocess.Popen, str]:
+def start_service(name: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """`bentoml serve benchmarks.serve_benchmark:<name>` on a free port, once it is ready."""
     port = free_port()
-    cmd = [sys.executable, "-m", "bentoml", "serve", "benchmarks.serve_benchmark:NaiveClassifier",
+    cmd = [sys.executable, "-m", "bentoml", "serve", f"benchmarks.serve_benchmark:{name}",
            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
@@ -208,7 +225,11 @@ def table(results: dict) -> str:
         "| x naive | % of ceiling |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    rows = [*results["service"].items(), ("naive /predict", results["naive"]["predict"])]
+    rows = [
+        *results["service"].items(),
+        ("naive /predict", results["naive"]["predict"]),
+        ("no-op /predict", results["noop"]["predict"]),
+    ]
     for name, points in rows:
         for r in points:
             single = r["images_per_request"] == 1 and r["concurrency"] in naive
@@ -228,24 +249,30 @@ def table(results: dict) -> str:
 def verdict(results: dict) -> dict:
     predict = {r["concurrency"]: r for r in results["service"]["/predict"]}
     naive = {r["concurrency"]: r for r in results["naive"]["predict"]}
+    noop = {r["concurrency"]: r for r in results["noop"]["predict"]}
     low, top = min(predict), max(predict)  # 1 and 32 by default
+    ceiling_ips = results["ceiling"]["images_per_s"]
     measured = {
         "p50_ms_c1": predict[low]["p50_ms"],
         "vs_naive_c32": predict[top]["rps"] / naive[top]["rps"],
-        "vs_ceiling_c32": predict[top]["rps"] / results["ceiling"]["images_per_s"],
+        "vs_ceiling_c32": predict[top]["rps"] / ceiling_ips,
     }
     met = {
         "p50_ms_c1": measured["p50_ms_c1"] <= TARGETS["p50_ms_c1"],
         "vs_naive_c32": measured["vs_naive_c32"] >= TARGETS["vs_naive_c32"],
         "vs_ceiling_c32": measured["vs_ceiling_c32"] >= TARGETS["vs_ceiling_c32"],
     }
-    return {"targets": TARGETS, "measured": measured, "met": met}
+    # Context, not targets: how far HTTP alone gets, and how much of that the service keeps.
+    bound = {
+        "noop_vs_ceiling_c32": noop[top]["rps"] / ceiling_ips,
+        "service_vs_noop_c32": predict[top]["rps"] / noop[top]["rps"],
+    }
+    return {"targets": TARGETS, "measured": measured, "met": met, "http_bound": bound}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:3000", help="the running service")
-    parser.add_argument("--naive-url", help="a running NaiveClassifier (default: start one)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per point")
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -289,17 +316,14 @@ def main() -> None:
             "application/json", 8, len(batch))  # fmt: skip
 
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.naive_url:
-        proc, naive_url = None, args.naive_url
-    else:
-        proc, naive_url = start_naive(args.out / "naive.log")
-    try:
-        results["naive"] = {"predict": []}
-        for c in args.concurrency:
-            measure(results["naive"]["predict"], f"{naive_url}/predict", predict_body,
-                    "application/json", c)  # fmt: skip
-    finally:
-        if proc is not None:
+    for key, name in (("naive", "NaiveClassifier"), ("noop", "NoopClassifier")):
+        proc, url = start_service(name, args.out / f"{key}.log")
+        try:
+            results[key] = {"predict": []}
+            for c in args.concurrency:
+                measure(results[key]["predict"], f"{url}/predict", predict_body,
+                        "application/json", c)  # fmt: skip
+        finally:
             os.killpg(proc.pid, 15)
             proc.wait(30)
 

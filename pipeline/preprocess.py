@@ -30,12 +30,21 @@ def has_light_background(gray: Image.Image) -> bool:
     return float(np.median(border)) > 127
 
 
-def image_to_pixels(image: Image.Image, invert: bool | None = None) -> np.ndarray:
-    """Any PIL image -> uint8 (28, 28), light object on a dark background like Fashion-MNIST.
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16- and 32-bit integer images (e.g. 16-bit PNGs) scaled to 8 bits; PIL's convert clips them."""
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return image
+    a = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.clip(a / 257.0, 0, 255).round().astype(np.uint8))
+
+
+def image_to_pixels(image: Image.Image, invert: bool | None = None) -> tuple[np.ndarray, bool]:
+    """Any PIL image -> (uint8 (28, 28), inverted): light object on a dark background like
+    Fashion-MNIST, and whether the image had to be inverted to get there.
 
     invert=None inverts automatically when the background is light; True/False force it.
     """
-    image = ImageOps.exif_transpose(image)
+    image = to_8bit(ImageOps.exif_transpose(image))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Transparent pixels have no colour of their own: put the picture on white first.
         rgba = image.convert("RGBA")
@@ -52,4 +61,4 @@ def image_to_pixels(image: Image.Image, invert: bool | None = None) -> np.ndarra
     resized = gray.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     canvas = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
     canvas.paste(resized, ((IMAGE_SIZE - size[0]) // 2, (IMAGE_SIZE - size[1]) // 2))
-    return np.asarray(canvas, dtype=np.uint8)
+    return np.asarray(canvas, dtype=np.uint8), invert

@@ -1,4 +1,4 @@
-"""ASGI middleware in front of POST /classify and /predict: content type, size, multipart shape.
+"""ASGI middleware in front of POST /classify and /predict: method, content type, size, multipart.
 
 BentoML parses a request body before the API method runs and answers 500 to what its parsers
 do not expect: a malformed multipart body, an `image` field sent as text (which it would fetch
@@ -38,8 +38,14 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path")
-        if scope["type"] != "http" or scope["method"] != "POST" or path not in ROUTES:
+        if scope["type"] != "http" or path not in ROUTES:
             await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":  # Starlette's own answer is a plain-text 405
+            err = InputError(405, f"{scope['method']} {path}: use POST; {HINTS[path]}")
+            response = err.response()
+            response.headers["Allow"] = "POST"
+            await response(scope, receive, send)
             return
         try:
             body = await self._checked_body(path, Headers(scope=scope), receive)

@@ -19,15 +19,17 @@ from pipeline.preprocess import to_model_input
 MODEL_FILE = "model.keras"  # the Keras file inside a BentoML model's directory
 
 
-def configure_threads(intra_op: int | None = None, inter_op: int = 1) -> None:
+def configure_threads(spare_cpus: int = 0, inter_op: int = 1) -> None:
     """Size TensorFlow's thread pools (before it first runs anything; later calls are ignored).
 
-    intra_op defaults to FASHION_MNIST_TF_THREADS or the number of CPUs this process may use.
+    The intra-op pool gets FASHION_MNIST_TF_THREADS threads, or the CPUs this process may use
+    minus `spare_cpus` (at least one).
     """
     import tensorflow as tf
 
-    if intra_op is None:
-        intra_op = int(os.environ.get("FASHION_MNIST_TF_THREADS") or len(os.sched_getaffinity(0)))
+    intra_op = int(
+        os.environ.get("FASHION_MNIST_TF_THREADS") or len(os.sched_getaffinity(0)) - spare_cpus
+    )
     try:
         tf.config.threading.set_intra_op_parallelism_threads(max(1, intra_op))
         tf.config.threading.set_inter_op_parallelism_threads(max(1, inter_op))

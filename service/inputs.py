@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from starlette.responses import JSONResponse
 
 from pipeline.preprocess import image_to_pixels
@@ -54,27 +54,19 @@ def open_image(data: bytes) -> Image.Image:
     return image
 
 
-def to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit and 32-bit integer images (e.g. 16-bit PNGs) scaled to 8 bits; PIL would clip them."""
-    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        return image
-    image = ImageOps.exif_transpose(image)
-    a = np.asarray(image, dtype=np.float64)
-    return Image.fromarray(np.clip(a / 257.0, 0, 255).round().astype(np.uint8))
-
-
-def image_pixels(data: bytes, invert: bool | None) -> np.ndarray:
-    """File bytes -> uint8 (28, 28) through the shared preprocessing (invert=None: automatic)."""
+def image_pixels(data: bytes, invert: bool | None) -> tuple[np.ndarray, bool]:
+    """File bytes -> (uint8 (28, 28), inverted) through the shared preprocessing
+    (invert=None: automatic)."""
     image = open_image(data)
     try:
-        return image_to_pixels(to_8bit(image), invert=invert)
+        return image_to_pixels(image, invert=invert)
     except (OSError, ValueError) as err:
         raise InputError(
             422, f"{image.format} image in mode {image.mode} is not usable: {err}"
         ) from None
 
 
-def image_file_pixels(path: Path, invert: bool | None) -> np.ndarray:
+def image_file_pixels(path: Path, invert: bool | None) -> tuple[np.ndarray, bool]:
     return image_pixels(path.read_bytes(), invert)
 
 

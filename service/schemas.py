@@ -53,6 +53,13 @@ class Prediction(BaseModel):
     model: ModelRef
 
 
+class ClassifiedImage(Prediction):
+    inverted: bool = Field(
+        description="whether the image was inverted to light-on-dark (its background was light, "
+        "or invert=true)"
+    )
+
+
 class Predictions(BaseModel):
     predictions: list[Prediction] = Field(description="one per input image, in order")
 

@@ -139,7 +139,8 @@ def test_classify_jpeg_matches_predict_on_its_pixels(service_url, test_images):
         data = encode(x[i], "JPEG", quality=90)
         resp = post_image(service_url, data, "item.jpg", "image/jpeg")
         assert resp.status_code == 200, resp.text
-        pixels = image_to_pixels(Image.open(io.BytesIO(data)))
+        pixels, inverted = image_to_pixels(Image.open(io.BytesIO(data)))
+        assert resp.json()["inverted"] is inverted is False
         expected = post_predict(service_url, pixels[None]).json()["predictions"][0]
         assert resp.json()["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)
 
@@ -157,6 +158,7 @@ def test_classify_photo_is_fitted_and_inverted_automatically(service_url, test_i
     forced_off = post_image(service_url, data, "photo.jpg", "image/jpeg", invert="false").json()
     assert auto["probabilities"] == forced_on["probabilities"]
     assert auto["probabilities"] != forced_off["probabilities"]
+    assert (auto["inverted"], forced_on["inverted"], forced_off["inverted"]) == (True, True, False)
     assert auto["class_id"] == evaluated.loc[i, "predicted_id"]
 
 
@@ -236,6 +238,14 @@ def test_bad_input_gets_a_4xx_naming_the_problem(service_url, test_images, pipel
     assert post_predict(service_url, x[:2]).status_code == 200
 
 
+def test_wrong_method_gets_a_json_405(service_url):
+    for method, path in (("GET", "/predict"), ("PUT", "/classify"), ("DELETE", "/predict")):
+        resp = requests.request(method, f"{service_url}{path}", timeout=30)
+        assert resp.status_code == 405, (method, path, resp.text)
+        assert resp.headers["Allow"] == "POST"
+        assert f"{method} {path}: use POST" in resp.json()["error"]
+
+
 def batch_histogram(url: str) -> tuple[float, float]:
     """(batches, batches of size 1) so far, from the model service's adaptive batching histogram."""
     text = requests.get(f"{url}/metrics", timeout=10).text
@@ -298,7 +308,7 @@ def test_any_upload_is_decoded_or_refused_with_a_4xx(data):
         at = int(rng.integers(0, len(valid)))
         data = valid[:at] + patch + valid[at + len(patch) :] if seed % 2 else valid[:at]
     try:
-        pixels, status = image_pixels(data, None), None
+        (pixels, _), status = image_pixels(data, None), None
     except InputError as err:
         pixels, status = None, err.status
     if status is None:
@@ -383,6 +393,8 @@ def test_bentofile_pins_serving_packages_as_locked():
         "pydantic",
         "pyyaml",
         "fastapi",
+        "uvloop",
+        "httptools",
     }
     assert {name: locked[name] for name in pins} == pins
 

@@ -1,0 +1,67 @@
+"""The shared preprocessing on tiny images: any PIL image -> Fashion-MNIST-like 28x28 pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.preprocess import image_to_pixels, to_model_input
+
+pytestmark = pytest.mark.unit
+
+
+def item(light_on_dark: bool = True) -> np.ndarray:
+    """A 28x28 'item': a bright 10x16 block with a gradient, on black (or the negative)."""
+    x = np.zeros((28, 28), np.uint8)
+    x[6:22, 9:19] = np.linspace(120, 250, 10, dtype=np.uint8)
+    return x if light_on_dark else 255 - x
+
+
+def test_a_fashion_mnist_image_passes_through_unchanged():
+    pixels, inverted = image_to_pixels(Image.fromarray(item()))
+    assert inverted is False
+    assert np.array_equal(pixels, item())
+
+
+def test_a_light_background_is_inverted_unless_forced_off():
+    negative = Image.fromarray(item(light_on_dark=False))
+    auto, auto_inverted = image_to_pixels(negative)
+    off, off_inverted = image_to_pixels(negative, invert=False)
+    assert auto_inverted is True and np.array_equal(auto, item())
+    assert off_inverted is False and np.array_equal(off, item(light_on_dark=False))
+    on, on_inverted = image_to_pixels(Image.fromarray(item()), invert=True)
+    assert on_inverted is True and np.array_equal(on, 255 - item())
+
+
+def test_16_bit_images_are_scaled_not_clipped():
+    sixteen = Image.fromarray(item().astype(np.uint16) * 257)
+    assert sixteen.mode.startswith("I;16")
+    pixels, _ = image_to_pixels(sixteen)
+    assert np.array_equal(pixels, item())
+
+
+def test_aspect_ratio_is_kept_and_the_image_centred():
+    wide = np.full((10, 40), 255, np.uint8)  # 4:1 white bar
+    pixels, inverted = image_to_pixels(Image.fromarray(wide), invert=False)
+    rows = np.flatnonzero(pixels.max(axis=1) > 0)
+    assert not inverted
+    assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
+    assert pixels[:, 0].max() == 255 and pixels[:, -1].max() == 255  # full width
+    assert 6 <= len(rows) <= 8 and rows[0] in (10, 11)  # 28 / 4 = 7 rows, centred
+
+
+def test_transparent_pixels_count_as_white_background():
+    rgba = np.zeros((28, 28, 4), np.uint8)  # fully transparent...
+    rgba[6:22, 9:19] = (0, 0, 0, 255)  # ...around an opaque black item
+    pixels, inverted = image_to_pixels(Image.fromarray(rgba, "RGBA"))
+    assert inverted is True
+    assert pixels[0, 0] == 0 and pixels[14, 14] == 255
+
+
+def test_model_input_is_scaled_to_unit_range_with_a_channel():
+    x = to_model_input(item())
+    assert x.shape == (1, 28, 28, 1) and x.dtype == np.float32
+    assert x.max() == pytest.approx(250 / 255) and x.min() == 0.0
+    with pytest.raises(ValueError, match=r"\(N, 28, 28\)"):
+        to_model_input(np.zeros((2, 27, 28), np.uint8))
