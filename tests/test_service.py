@@ -246,27 +246,23 @@ def test_wrong_method_gets_a_json_405(service_url):
         assert f"{method} {path}: use POST" in resp.json()["error"]
 
 
-def batch_histogram(url: str) -> tuple[float, float]:
-    """(batches, batches of size 1) so far, from the model service's adaptive batching histogram."""
+def histogram(url: str, metric: str) -> tuple[float, float]:
+    """(observations, observations <= 1) so far of a histogram on the service's /metrics."""
     text = requests.get(f"{url}/metrics", timeout=10).text
     total = ones = 0.0
     for line in text.splitlines():
-        if (
-            not line.startswith("bentoml_service_adaptive_batch_size")
-            or "predict_proba" not in line
-        ):
-            continue
-        value = float(line.rsplit(" ", 1)[1])
-        if line.startswith("bentoml_service_adaptive_batch_size_count"):
-            total += value
-        elif re.search(r'le="1(\.0)?"', line):
-            ones += value
+        if line.startswith(f"{metric}_count"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith(f"{metric}_bucket") and re.search(r'le="1(\.0)?"', line):
+            ones += float(line.rsplit(" ", 1)[1])
     return total, ones
 
 
 def test_concurrent_requests_are_batched_and_answered_in_order(service_url, test_images, evaluated):
     x, _ = test_images
-    before = batch_histogram(service_url)
+    # Model calls in images (ours), and calls through BentoML's adaptive batcher (its own).
+    metrics = ("fashion_model_batch_images", "bentoml_service_adaptive_batch_size")
+    before = [histogram(service_url, m) for m in metrics]
     # 192 requests from 32 threads; every 4th carries 3 images, so batches mix request sizes.
     jobs = [list(range(i, i + 3)) if i % 4 == 0 else [i] for i in range(192)]
 
@@ -278,11 +274,13 @@ def test_concurrent_requests_are_batched_and_answered_in_order(service_url, test
     for indices, resp in results:
         assert resp.status_code == 200, resp.text
         assert_matches_evaluate(resp.json()["predictions"], evaluated, indices)
-    after = batch_histogram(service_url)
-    batches, singles = after[0] - before[0], after[1] - before[1]
-    assert batches > 0
-    assert batches - singles > 0, "no batch of more than one request"
-    assert batches < len(jobs), "every request was its own batch"
+    (runs, single_image_runs), (batcher_calls, _) = (
+        (after[0] - was[0], after[1] - was[1])
+        for after, was in zip([histogram(service_url, m) for m in metrics], before, strict=True)
+    )
+    assert batcher_calls == runs > 0  # every model run went through BentoML's batcher
+    assert runs < len(jobs), "every request was its own model run"
+    assert runs - single_image_runs > 0, "no model run of more than one image"
 
 
 @pytest.mark.unit
