@@ -5,12 +5,12 @@ latency and requests/s of POST /predict with one image and POST /classify with a
 concurrency (1, 8, 32: closed-loop clients over keep-alive connections), and /predict with a full
 request of images at concurrency 8. Beside them:
   - ceiling: the same model in this process, batched, with no HTTP (images/s at MAX_BATCH);
-  - floor: a naive service (NaiveClassifier below) calling `model.predict` per request,
-    started here on a free port unless --naive-url is given;
+  - floor: a naive service (NaiveClassifier below) calling `model.predict` per request;
   - HTTP bound: a no-op BentoML service (NoopClassifier below, one worker per CPU) that parses
     the same request and returns an answer of the same size without any model: what BentoML's
     per-request cost alone allows on this machine.
-Prints a table with the ratios and writes JSON to benchmarks/results/ (git-ignored).
+Both reference services are started here on free ports. Prints a table with the ratios and
+writes JSON to benchmarks/results/ (git-ignored).
 
     bentoml serve &                      # from the repository root
     python benchmarks/serve_benchmark.py --url http://127.0.0.1:3000

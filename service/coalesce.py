@@ -11,6 +11,7 @@ model service's batcher still merges these calls across API workers.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -26,7 +27,7 @@ class Coalescer:
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
         self.in_flight = 0
-        self.waiting: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+        self.waiting: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
         self.calls: set[asyncio.Task[None]] = set()  # strong references until each call ends
 
     async def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -42,7 +43,7 @@ class Coalescer:
         while self.waiting and self.in_flight < self.max_in_flight:
             batch, count = [], 0
             while self.waiting and count + len(self.waiting[0][0]) <= self.max_batch:
-                batch.append(self.waiting.pop(0))
+                batch.append(self.waiting.popleft())
                 count += len(batch[-1][0])
             self.in_flight += 1
             task = asyncio.get_running_loop().create_task(self._run(batch))
