@@ -17,12 +17,8 @@ import asyncio
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +28,11 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from pipeline.params import load_params
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from benchmarks.servers import free_port, start_server, stop  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
 
 
 def png(image: np.ndarray) -> bytes:
@@ -226,35 +226,6 @@ def load_test(
     return report
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server() -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    bentoml = Path(sys.executable).with_name("bentoml")
-    proc = subprocess.Popen(
-        [str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"bentoml serve exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGTERM)
-    sys.exit("bentoml serve did not become ready within 240 s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running server; default: start `bentoml serve` here")
@@ -271,7 +242,12 @@ def main() -> None:
     proc = None
     url, pid = args.url, args.pid
     if url is None:
-        proc, url = _start_server()
+        url = f"http://127.0.0.1:{free_port()}"
+        cmd = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1",
+               "--port", url.rsplit(":", 1)[1]]  # fmt: skip
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        log = args.out.with_suffix(".serve.log")
+        proc = start_server(cmd, Path.cwd(), dict(os.environ), log, f"{url}/readyz", 240)
         pid = proc.pid
     try:
         report = load_test(
@@ -286,8 +262,7 @@ def main() -> None:
         )
     finally:
         if proc is not None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+            stop(proc)
     rows = [
         ("requests", report.requests),
         ("concurrency", report.concurrency),

@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +40,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
+from benchmarks.load_test import png  # noqa: E402
+from benchmarks.servers import free_port, start_server, stop, wait_http  # noqa: E402
 from service import settings  # noqa: E402
 from service.schemas import Images, ModelRef, Predictions, predictions  # noqa: E402
 
@@ -94,14 +94,6 @@ def test_images(n: int) -> np.ndarray:
         with np.load(path) as data:
             return data["x"][:n]
     return np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def multipart(field: str, filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
@@ -180,41 +172,14 @@ def ceiling(model_file: str, batch: int, seconds: float) -> dict:
     return {"batch": batch, "images_per_s": n / (time.perf_counter() - began)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
-
-
 def start_service(name: str, log: Path) -> tuple[subprocess.Popen, str]:
     """`bentoml serve benchmarks.serve_benchmark:<name>` on a free port, once it is ready."""
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "bentoml", "serve", f"benchmarks.serve_benchmark:{name}",
            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc)
-    except BaseException:
-        os.killpg(proc.pid, 15)
-        raise
-    return proc, url
+    return start_server(cmd, ROOT, env, log, f"{url}/readyz", 180), url
 
 
 def table(results: dict) -> str:
@@ -279,12 +244,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
-    wait_ready(args.url, timeout=30)
+    wait_http(f"{args.url}/readyz", None, 30)
     with urllib.request.urlopen(f"{args.url}/metadata") as resp:
         meta = json.load(resp)
     pixels = test_images(1)[0]
     predict_body = json.dumps({"images": [pixels.tolist()]}).encode()
-    png_body, png_type = multipart("image", "item.png", png_bytes(pixels), "image/png")
+    png_body, png_type = multipart("image", "item.png", png(pixels), "image/png")
     results: dict = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "metadata": meta,
                      "cpus": os.cpu_count(), "seconds": args.seconds}  # fmt: skip
 
@@ -324,8 +289,7 @@ def main() -> None:
                 measure(results[key]["predict"], f"{url}/predict", predict_body,
                         "application/json", c)  # fmt: skip
         finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(30)
+            stop(proc)
 
     results["verdict"] = verdict(results)
     print()
