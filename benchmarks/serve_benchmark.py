@@ -57,7 +57,7 @@ class NaiveClassifier:
     def __init__(self) -> None:
         import keras
 
-        from service.inference import MODEL_FILE, configure_threads
+        from pipeline.inference import MODEL_FILE, configure_threads
 
         configure_threads()
         self.model = keras.saving.load_model(self.bento_model.path_of(MODEL_FILE), compile=False)
@@ -68,9 +68,7 @@ class NaiveClassifier:
 
     @bentoml.api(route="/predict")
     def predict(self, images: Images) -> Predictions:
-        from pipeline.preprocess import to_model_input
-
-        proba = self.model.predict(to_model_input(np.asarray(images, np.uint8)), verbose=0)
+        proba = self.model.predict(np.asarray(images, np.uint8), verbose=0)
         return Predictions(predictions=predictions(proba, self.ref))
 
 
@@ -159,10 +157,10 @@ async def load(
 
 def ceiling(model_file: str, batch: int, seconds: float) -> dict:
     """In-process throughput of the compiled model on full batches: what HTTP can at most reach."""
-    from service.inference import Classifier, configure_threads
+    from pipeline.inference import Classifier, configure_threads
 
     configure_threads()
-    clf = Classifier(model_file)
+    clf = Classifier.from_file(model_file)
     images = np.resize(test_images(batch), (batch, 28, 28))
     clf.predict_proba(images)
     n, began = 0, time.perf_counter()

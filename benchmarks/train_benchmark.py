@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.dataset import load_split
 from pipeline.evaluate import evaluate_predictions
-from pipeline.model import predict_proba
+from pipeline.inference import Classifier
 from pipeline.params import ConvBlock, DenseLayer, ModelParams, PoolParams, TrainParams, load_params
 from pipeline.train import fit_model
 
@@ -75,7 +75,7 @@ def main() -> None:
         started = time.perf_counter()
         model, history = fit_model(model_params, train_params, train, val)
         seconds = time.perf_counter() - started
-        metrics = evaluate_predictions(test.y, predict_proba(model, test.x)).metrics
+        metrics = evaluate_predictions(test.y, Classifier(model).predict_proba(test.x)).metrics
         results.append(
             {
                 "model": name,

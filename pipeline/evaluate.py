@@ -2,13 +2,15 @@
 
 Writes metrics JSON (for `dvc metrics`), per-class and confusion CSVs (for `dvc plots`), per-image
 predictions (checked again by `register`), the layer shape table, and figures; logs everything to
-the MLflow run that trained the model.
+the MLflow run that trained the model, after checking that the file it scored is the one that run
+logged (same SHA-256). The model is called through pipeline/inference.py, as the service calls it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +23,10 @@ from sklearn.metrics import confusion_matrix, f1_score, log_loss, precision_reca
 from pipeline.architecture import layer_table
 from pipeline.dataset import CLASS_NAMES, Split, load_split
 from pipeline.figures import confusion_figure, feature_maps_figure, filters_figure, mistakes_figure
-from pipeline.model import predict_proba, spatial_sizes
+from pipeline.inference import Classifier, file_sha256
+from pipeline.model import spatial_sizes
 from pipeline.params import IMAGE_SIZE, NUM_CLASSES, ModelParams, load_params
-from pipeline.preprocess import to_model_input
-from pipeline.tracking import use_experiment
+from pipeline.tracking import log_split, use_experiment
 
 
 @dataclass
@@ -86,13 +88,16 @@ def first_layer_views(model: keras.Model, image: np.ndarray) -> tuple[np.ndarray
     conv = model.get_layer("conv_0")
     act = model.get_layer("act_0")
     probe = keras.Model(model.inputs[0], act.output)
-    maps = keras.ops.convert_to_numpy(probe(to_model_input(image), training=False))[0]
+    maps = keras.ops.convert_to_numpy(probe(image[None], training=False))[0]
     return keras.ops.convert_to_numpy(conv.kernel), maps
 
 
-def write_reports(model: keras.Model, params: ModelParams, test: Split, out: Path) -> Evaluation:
+def write_reports(
+    classifier: Classifier, params: ModelParams, test: Split, out: Path
+) -> Evaluation:
     """Evaluate on `test` and write every report file under `out`."""
-    proba = predict_proba(model, test.x)
+    model = classifier.model
+    proba = classifier.predict_proba(test.x)
     result = evaluate_predictions(test.y, proba)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -110,6 +115,22 @@ def write_reports(model: keras.Model, params: ModelParams, test: Split, out: Pat
     return result
 
 
+class ModelMismatch(RuntimeError):
+    """The model file is not the one the training run logged."""
+
+
+def check_model_file(model_file: Path, run: mlflow.entities.Run) -> str:
+    """The file's SHA-256, which must be the one the training run recorded."""
+    expected = run.data.tags.get("model_sha256")
+    actual = file_sha256(model_file)
+    if actual != expected:
+        raise ModelMismatch(
+            f"{model_file} (sha256 {actual[:12]}) is not the model MLflow run {run.info.run_id} "
+            f"logged (sha256 {str(expected)[:12]}); rerun `dvc repro train`"
+        )
+    return actual
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -117,15 +138,23 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, required=True, help="directory of prepared .npz splits"
     )
+    parser.add_argument(
+        "--sources", type=Path, required=True, help="fetch's sources.json (data provenance)"
+    )
     parser.add_argument("--run", type=Path, required=True, help="JSON with the training run id")
     parser.add_argument("--out", type=Path, required=True, help="reports directory")
     args = parser.parse_args()
     params = load_params(args.params)
-    run_id = json.loads(args.run.read_text())["run_id"]
+    run_id = json.loads(args.run.read_text())["mlflow_run_id"]
     use_experiment(params.mlflow.experiment_name)
-    model = keras.saving.load_model(args.model)
-    result = write_reports(model, params.model, load_split(args.data / "test.npz"), args.out)
+    try:
+        check_model_file(args.model, mlflow.MlflowClient().get_run(run_id))
+    except ModelMismatch as err:
+        sys.exit(f"evaluate failed: {err}")
+    test = load_split(args.data / "test.npz")
+    result = write_reports(Classifier.from_file(args.model), params.model, test, args.out)
     with mlflow.start_run(run_id=run_id):
+        log_split(test, "test", "test", json.loads(args.sources.read_text()))
         mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
         mlflow.log_artifacts(str(args.out), artifact_path="evaluation")
     print(json.dumps(result.metrics, indent=2))

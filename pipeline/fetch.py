@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -25,6 +26,9 @@ from pathlib import Path
 from pipeline.params import FetchParams, load_params
 
 _CHUNK = 1 << 16
+
+
+SOURCES_FILE = "sources.json"
 
 
 class FetchError(RuntimeError):
@@ -117,7 +121,8 @@ def verified_content(data: bytes, expected_sha256: str) -> bytes:
 def fetch_dataset(params: FetchParams, out_dir: Path) -> dict[str, str]:
     """Fetch and verify every file of params.files into out_dir; returns file -> mirror used.
 
-    All files are staged in a temporary directory and moved into out_dir only when every one
+    out_dir also gets SOURCES_FILE: for each file, the mirror it came from and its SHA-256, the
+    data's provenance that `train` logs with the datasets in MLflow. All files are staged in a temporary directory and moved into out_dir only when every one
     verified, so a failed or interrupted fetch never leaves partial or unverified outputs.
     """
     attempts = _Attempts()
@@ -146,9 +151,11 @@ def fetch_dataset(params: FetchParams, out_dir: Path) -> dict[str, str]:
         missing = [n for n in params.files if n not in sources]
         if missing:
             raise FetchError(attempts.report() + f"\nmissing: {', '.join(missing)}")
+        provenance = {n: {"mirror": sources[n], "sha256": params.files[n]} for n in params.files}
+        (staged / SOURCES_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
         # Everything verified: publish atomically file by file (same filesystem => rename).
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in params.files:
+        for name in [*params.files, SOURCES_FILE]:
             os.replace(staged / name, out_dir / name)
     return sources
 

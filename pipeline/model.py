@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import layers
 
 from pipeline.params import IMAGE_SIZE, NUM_CLASSES, ModelParams
-from pipeline.preprocess import to_model_input
+from pipeline.preprocess import preprocessing_layers
 
 
 def build_model(params: ModelParams) -> keras.Sequential:
-    """Conv blocks (conv [+ batch norm] + activation [+ max pool] [+ dropout]), dense layers, softmax.
+    """Raw uint8 pixels in; the shared preprocessing, conv blocks (conv [+ batch norm] + activation
+    [+ max pool] [+ dropout]), dense layers; class probabilities out.
 
     Conv and pool layers are named conv_<i> / pool_<i> after their block, matching the layer table.
     """
-    stack: list[layers.Layer] = [keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="image")]
+    pixels = keras.Input((IMAGE_SIZE, IMAGE_SIZE), dtype="uint8", name="pixels")
+    stack: list[layers.Layer] = [pixels, *preprocessing_layers()]
     for i, b in enumerate(params.conv_blocks):
         # With batch norm right after, a conv bias is redundant (BN's beta does its job).
         stack.append(
@@ -53,13 +54,3 @@ def spatial_sizes(model: keras.Model) -> dict[str, int]:
         for layer in model.layers
         if layer.name.startswith(("conv_", "pool_")) and not layer.name.startswith("conv_dropout")
     }
-
-
-def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Class probabilities (N, 10) for uint8 images (N, 28, 28), via the shared preprocessing."""
-    x = to_model_input(images)
-    out = [
-        keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False))
-        for i in range(0, len(x), batch_size)
-    ]
-    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)

@@ -1,42 +1,50 @@
-"""Stage `register`: promote the experiment's best run to the `@champion` model, if it earns it.
+"""Stage `register`: promote the experiment's best validated run to the `@champion` model, if it earns it.
 
-The candidate is the experiment's best finished run by test accuracy (all runs, not only the
-last). The gate (`decide`): test accuracy >= `register.min_accuracy`, and not worse than the
-current champion's by more than `register.max_regression` (with no champion, only the floor).
-Before promoting, the candidate's model is loaded exactly as the service loads it
-(service/inference.py) and must reproduce the evaluate stage's predictions on the first
-`register.parity_samples` test images. Promotion registers a model version in the MLflow
-registry, imports that version into the BentoML model store (with its lineage as labels and
-metadata) and moves the `champion` alias, in that order; a candidate that fails anywhere leaves
-the old champion untouched in both stores. models/champion.json records the decision and why.
+Choosing uses validation data only; test accuracy is carried along and reported, never compared.
+- Candidates are the experiment's finished, evaluated runs validated on the current validation
+  split (tag `val_data_hash`): validation accuracies measured on other data are not comparable.
+  The candidate is the one with the highest `best_val_accuracy` (oldest first on ties).
+- The gate (`decide`): validation accuracy >= `register.min_accuracy`, and not worse than the
+  current champion's by more than `register.max_regression` (with no champion, only the floor).
+  A champion validated on other data is first re-measured on this validation split.
+- Integrity: the candidate's logged model file must have the SHA-256 its run recorded (the file
+  `evaluate` scored) and reproduce evaluate's predictions on the first `register.parity_samples`
+  test images through pipeline/inference.py, the path the service uses.
+
+Promotion registers a model version (with a model card as its description), imports that version
+into the BentoML model store and moves the `champion` alias, in that order, checking at each step
+that the bytes are still the same; a candidate that fails anywhere leaves the old champion
+untouched in both stores. The decision and why go to champion.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import shutil
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
-import yaml
 from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from pipeline.dataset import CLASS_NAMES, Split, load_split
+from pipeline.dataset import CLASS_NAMES, Split, content_hash, load_split
+from pipeline.inference import MODEL_FILE, Classifier, file_sha256
 from pipeline.params import Params, RegisterParams, load_params
-from pipeline.tracking import TrackingUnavailable, use_experiment
+from pipeline.tracking import (
+    ModelFileError,
+    TrackingUnavailable,
+    download_keras_file,
+    use_experiment,
+)
 
-# Keep the stage's log readable: no download progress bars.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 ALIAS = "champion"
 CONFIDENCE_TOLERANCE = 1e-4  # predictions.csv keeps 6 decimals; graph vs eager differ by ~1e-7
 
@@ -48,45 +56,46 @@ class RegisterError(RuntimeError):
 def decide(
     candidate_acc: float, champion_acc: float | None, params: RegisterParams
 ) -> tuple[bool, str]:
-    """The gate: (promote?, why). Pure, so every branch is unit-testable."""
+    """The gate on validation accuracy: (promote?, why). Pure, so every branch is unit-testable."""
     floor = params.min_accuracy
     if candidate_acc < floor:
         return (
             False,
-            f"test accuracy {candidate_acc:.4f} is below the floor min_accuracy={floor:.4f}",
+            f"validation accuracy {candidate_acc:.4f} is below the floor min_accuracy={floor:.4f}",
         )
     if champion_acc is None:
         return (
             True,
-            f"no champion yet; test accuracy {candidate_acc:.4f} >= min_accuracy={floor:.4f}",
+            f"no champion yet; validation accuracy {candidate_acc:.4f} >= min_accuracy={floor:.4f}",
         )
     drop = champion_acc - candidate_acc
     if drop > params.max_regression + 1e-12:
         return False, (
-            f"test accuracy {candidate_acc:.4f} is {drop:.4f} below the champion's "
+            f"validation accuracy {candidate_acc:.4f} is {drop:.4f} below the champion's "
             f"{champion_acc:.4f}, more than max_regression={params.max_regression:.4f}"
         )
     relation = "above" if drop < 0 else "within max_regression of"
     return True, (
-        f"test accuracy {candidate_acc:.4f} >= min_accuracy={floor:.4f} and {relation} "
+        f"validation accuracy {candidate_acc:.4f} >= min_accuracy={floor:.4f} and {relation} "
         f"the champion's {champion_acc:.4f}"
     )
 
 
-def best_run(client: MlflowClient, experiment_id: str) -> mlflow.entities.Run | None:
-    """The experiment's finished run with the highest test accuracy (oldest first on ties)."""
+def best_run(client: MlflowClient, experiment_id: str, val_data_hash: str) -> Run | None:
+    """The finished, evaluated run with the highest validation accuracy on this validation data."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string="metrics.test_accuracy >= 0 and attributes.status = 'FINISHED'",
-        order_by=["metrics.test_accuracy DESC", "attributes.start_time ASC"],
+        filter_string=(
+            "metrics.best_val_accuracy >= 0 and metrics.test_accuracy >= 0 "
+            f"and tags.val_data_hash = '{val_data_hash}' and attributes.status = 'FINISHED'"
+        ),
+        order_by=["metrics.best_val_accuracy DESC", "attributes.start_time ASC"],
         max_results=1,
     )
     return runs[0] if runs else None
 
 
-def current_champion(
-    client: MlflowClient, name: str
-) -> mlflow.entities.model_registry.ModelVersion | None:
+def current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
     try:
         return client.get_model_version_by_alias(name, ALIAS)
     except MlflowException as err:
@@ -95,7 +104,7 @@ def current_champion(
         raise
 
 
-def logged_model_uri(run: mlflow.entities.Run) -> str:
+def logged_model_uri(run: Run) -> str:
     """models:/<model_id> of the Keras model `train` logged in this run (name "model")."""
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id],
@@ -107,65 +116,80 @@ def logged_model_uri(run: mlflow.entities.Run) -> str:
     return f"models:/{models[0].model_id}"
 
 
-def run_summary(run: mlflow.entities.Run) -> dict[str, Any]:
-    tags = run.data.tags
+def run_summary(run: Run) -> dict[str, Any]:
+    tags, metrics = run.data.tags, run.data.metrics
     return {
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
         "model_uri": logged_model_uri(run),
-        "test_accuracy": run.data.metrics["test_accuracy"],
+        "val_accuracy": metrics["best_val_accuracy"],
+        "test_accuracy": metrics["test_accuracy"],
+        "val_data_hash": tags.get("val_data_hash", "unknown"),
+        "model_sha256": tags.get("model_sha256", "unknown"),
         "git_commit": tags.get("git_commit", "unknown"),
         "data_hash": tags.get("data_hash", "unknown"),
     }
 
 
-def champion_summary(
-    client: MlflowClient, version: mlflow.entities.model_registry.ModelVersion
-) -> dict[str, Any]:
-    """The champion's identity and metrics, from its version tags (its run's metric as fallback)."""
-    accuracy = version.tags.get("test_accuracy")
-    if accuracy is None and version.run_id:
-        accuracy = client.get_run(version.run_id).data.metrics.get("test_accuracy")
+def champion_summary(client: MlflowClient, version: ModelVersion) -> dict[str, Any]:
+    """The champion's identity and metrics, from its version tags (its run's as fallback)."""
+    tags = dict(version.tags)
+    if version.run_id and not {"val_accuracy", "val_data_hash"} <= tags.keys():
+        run = client.get_run(version.run_id)  # a version registered by hand or by older code
+        tags.setdefault("val_data_hash", run.data.tags.get("val_data_hash", "unknown"))
+        for key, metric in (
+            ("val_accuracy", "best_val_accuracy"),
+            ("test_accuracy", "test_accuracy"),
+        ):
+            if key not in tags and metric in run.data.metrics:
+                tags[key] = run.data.metrics[metric]
+
+    def number(key: str) -> float | None:
+        return None if tags.get(key) is None else float(tags[key])
+
     return {
         "model_name": version.name,
-        "version": version.version,
+        "version": str(version.version),
         "run_id": version.run_id,
-        "test_accuracy": None if accuracy is None else float(accuracy),
-        "git_commit": version.tags.get("git_commit", "unknown"),
-        "data_hash": version.tags.get("data_hash", "unknown"),
-        "bento_model": version.tags.get("bento_model"),
+        "val_accuracy": number("val_accuracy"),
+        "test_accuracy": number("test_accuracy"),
+        "val_data_hash": tags.get("val_data_hash", "unknown"),
+        "model_sha256": tags.get("model_sha256", "unknown"),
+        "git_commit": tags.get("git_commit", "unknown"),
+        "data_hash": tags.get("data_hash", "unknown"),
+        "bento_model": tags.get("bento_model"),
     }
 
 
-def download_keras_file(model_uri: str, dest: Path) -> Path:
-    """Download an MLflow Keras model and return the path of its .keras file."""
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
-    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"].get("keras")
-    if flavor is None:
-        raise RegisterError(f"{model_uri} is not a Keras model (no keras flavor in its MLmodel)")
-    path = local / flavor.get("data", "data") / "model.keras"
-    if not path.is_file():
-        raise RegisterError(f"{model_uri} has no {path.relative_to(local)}")
+def accuracy(model_file: Path, split: Split) -> float:
+    """Accuracy of a saved model on a split, through the one inference path."""
+    predicted = Classifier.from_file(model_file).predict_proba(split.x).argmax(axis=1)
+    return float((predicted == split.y).mean())
+
+
+def checked_download(model_uri: str, expected_sha256: str, dest: Path) -> Path:
+    """The .keras file of an MLflow model, refused unless it has the expected SHA-256."""
+    path = download_keras_file(model_uri, dest)
+    actual = file_sha256(path)
+    if actual != expected_sha256:
+        raise RegisterError(
+            f"{model_uri}: model file sha256 {actual[:12]} is not the {expected_sha256[:12]} "
+            "that training recorded and evaluate scored"
+        )
     return path
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def parity_check(
     model_file: Path, predictions: pd.DataFrame, test: Split, samples: int
 ) -> dict[str, Any]:
     """Predict the first `samples` test images as the service does; they must match evaluate's."""
-    from service.inference import Classifier  # TensorFlow: only when a candidate gets this far
-
     n = min(samples, len(test), len(predictions))
     expected = predictions.sort_values("index").iloc[:n]
     if not (expected["actual"].to_numpy() == np.array(CLASS_NAMES)[test.y[:n]]).all():
         raise RegisterError(
             "parity: predictions.csv was evaluated on other test data (labels differ)"
         )
-    proba = Classifier(model_file).predict_proba(test.x[:n])
+    proba = Classifier.from_file(model_file).predict_proba(test.x[:n])
     predicted = proba.argmax(axis=1)
     mismatched = np.flatnonzero(predicted != expected["predicted_id"].to_numpy())
     if mismatched.size:
@@ -179,39 +203,98 @@ def parity_check(
     return {"samples": n, "max_confidence_diff": diff}
 
 
+def run_artifact(run_id: str, path: str, dest: Path) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{path}", dst_path=str(dest)))
+
+
+def model_card(candidate: dict[str, Any], run: Run, version: str, name: str, workdir: Path) -> str:
+    """The registered version's description (Markdown): what it is, how good, where from, how to use."""
+    layers = run_artifact(run.info.run_id, "layer_table.txt", workdir).read_text()
+    per_class = pd.read_csv(run_artifact(run.info.run_id, "evaluation/per_class.csv", workdir))
+    f1 = "\n".join(f"| {r['class']} | {r['f1']:.3f} |" for _, r in per_class.iterrows())
+    metrics = run.data.metrics
+    return f"""\
+Fashion-MNIST CNN (Keras 3). Input: uint8 pixels (N, 28, 28), light on dark; output: the ten
+class probabilities (N, 10). Scaling to [0, 1] is built into the model.
+
+| | |
+|---|---|
+| validation accuracy (chosen by) | {candidate["val_accuracy"]:.4f} |
+| test accuracy (reported only) | {candidate["test_accuracy"]:.4f} |
+| test macro F1 | {metrics.get("test_macro_f1", float("nan")):.4f} |
+| parameters | {int(metrics.get("param_count", 0)):,} |
+| best epoch | {int(metrics.get("best_epoch", 0))} |
+| training run | {run.info.run_id} ({run.info.run_name}) |
+| git commit | {candidate["git_commit"]} |
+| data hash (train+val) | {candidate["data_hash"]} |
+| model file sha256 | {candidate["model_sha256"]} |
+
+Layers (each conv/pool maps n to floor((n + 2p - f) / s) + 1):
+```
+{layers.rstrip()}
+```
+
+| class | test F1 |
+|---|---|
+{f1}
+
+Use: `mlflow.pyfunc.load_model("models:/{name}/{version}").predict(images_uint8)`,
+`mlflow models serve -m models:/{name}@{ALIAS}`, or this project's `bentoml serve`.
+"""
+
+
 def promote(
-    client: MlflowClient, params: Params, candidate: dict[str, Any], model_file: Path, workdir: Path
+    client: MlflowClient,
+    params: Params,
+    candidate: dict[str, Any],
+    run: Run,
+    model_file: Path,
+    workdir: Path,
 ) -> dict[str, Any]:
     """Register a version, import it into BentoML, then move the alias. Undone on failure."""
     import bentoml
 
-    from service.inference import MODEL_FILE
-
     name = params.mlflow.registered_model_name
-    lineage = {k: str(candidate[k]) for k in ("run_id", "test_accuracy", "git_commit", "data_hash")}
+    keys = ("run_id", "val_accuracy", "test_accuracy", "val_data_hash", "model_sha256")
+    lineage = {k: str(candidate[k]) for k in (*keys, "git_commit", "data_hash")}
     version = mlflow.register_model(candidate["model_uri"], name, tags=lineage)
     bento_tag = None
     try:
         # What is served must be what is registered: the version's file, identical to the checked one.
-        registered = download_keras_file(
-            f"models:/{name}/{version.version}", workdir / "registered"
+        checked_download(
+            f"models:/{name}/{version.version}", candidate["model_sha256"], workdir / "registered"
         )
-        if sha256(registered) != sha256(model_file):
-            raise RegisterError(f"models:/{name}/{version.version} differs from the checked model")
+        card = model_card(candidate, run, version.version, name, workdir / "card")
+        client.update_model_version(name, version.version, description=card)
+        client.update_registered_model(
+            name,
+            description="Fashion-MNIST classifier trained by this project's DVC pipeline; "
+            f"`@{ALIAS}` is the version `register` promoted (chosen on validation accuracy).\n\n"
+            f"Latest promoted: version {version.version}.\n\n{card}",
+        )
         labels = {
             "mlflow_model_name": name,
             "mlflow_model_version": str(version.version),
             "mlflow_run_id": candidate["run_id"],
+            "val_accuracy": f"{candidate['val_accuracy']:.4f}",
             "test_accuracy": f"{candidate['test_accuracy']:.4f}",
+            "model_sha256": candidate["model_sha256"],
             "git_commit": candidate["git_commit"],
             "data_hash": candidate["data_hash"],
         }
-        metadata = {**labels, "test_accuracy": float(candidate["test_accuracy"])}
-        metadata |= {"class_names": list(CLASS_NAMES), "model_file": MODEL_FILE}
+        metadata = {
+            **labels,
+            "val_accuracy": float(candidate["val_accuracy"]),
+            "test_accuracy": float(candidate["test_accuracy"]),
+            "class_names": list(CLASS_NAMES),
+            "model_file": MODEL_FILE,
+        }
         with bentoml.models.create(
             params.register.bento_model_name, labels=labels, metadata=metadata
         ) as bm:
-            shutil.copyfile(registered, bm.path_of(MODEL_FILE))
+            shutil.copyfile(model_file, bm.path_of(MODEL_FILE))
+            if file_sha256(bm.path_of(MODEL_FILE)) != candidate["model_sha256"]:
+                raise RegisterError(f"the copy in the BentoML store differs from {model_file}")
         bento_tag = str(bm.tag)
         client.set_model_version_tag(name, version.version, "bento_model", bento_tag)
         client.set_registered_model_alias(name, ALIAS, version.version)
@@ -230,36 +313,60 @@ def run(
     experiment_id = use_experiment(params.mlflow.experiment_name)
     client = MlflowClient()
     pipeline_run = {
-        "run_id": json.loads(run_path.read_text())["run_id"],
+        "run_id": json.loads(run_path.read_text())["mlflow_run_id"],
         "test_accuracy": json.loads(metrics_path.read_text())["test_accuracy"],
     }
-    best = best_run(client, experiment_id)
+    val = load_split(data_dir / "val.npz")
+    val_data_hash = content_hash(val)
+    best = best_run(client, experiment_id, val_data_hash)
     if best is None:
-        raise RegisterError(f"experiment {params.mlflow.experiment_name!r} has no evaluated run")
+        raise RegisterError(
+            f"experiment {params.mlflow.experiment_name!r} has no evaluated run validated on "
+            f"this validation data (val_data_hash {val_data_hash[:12]})"
+        )
     candidate = run_summary(best)
     version = current_champion(client, params.mlflow.registered_model_name)
     champion = champion_summary(client, version) if version else None
     record: dict[str, Any] = {
         "decision": "kept",
         "reason": "",
+        "chosen_by": "validation accuracy",
         "candidate": candidate,
         "champion": champion,
         "previous_champion": champion,
+        "champion_remeasured": None,
         "pipeline_run": pipeline_run,
         "gate": params.register.model_dump(include={"min_accuracy", "max_regression"}),
         "parity": None,
-        "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if champion and champion["run_id"] == candidate["run_id"]:
         record["reason"] = f"the best run is already the champion (version {champion['version']})"
         return record
-    champion_acc = champion["test_accuracy"] if champion else None
-    promote_it, record["reason"] = decide(candidate["test_accuracy"], champion_acc, params.register)
-    if not promote_it:
-        return record
     with tempfile.TemporaryDirectory(prefix="register-") as tmp:
         workdir = Path(tmp)
-        model_file = download_keras_file(candidate["model_uri"], workdir / "candidate")
+        champion_acc = None
+        if champion is not None:
+            champion_acc = champion["val_accuracy"]
+            if champion["val_data_hash"] != val_data_hash or champion_acc is None:
+                # Validated on other data: measure it on the candidate's validation split.
+                uri = f"models:/{champion['model_name']}/{champion['version']}"
+                champion_acc = accuracy(download_keras_file(uri, workdir / "champion"), val)
+                record["champion_remeasured"] = {
+                    "reason": "the champion was validated on other data "
+                    f"(val_data_hash {champion['val_data_hash'][:12]}, "
+                    f"this split {val_data_hash[:12]})",
+                    "val_accuracy_before": champion["val_accuracy"],
+                    "val_accuracy": champion_acc,
+                    "val_data_hash": val_data_hash,
+                }
+        promote_it, record["reason"] = decide(
+            candidate["val_accuracy"], champion_acc, params.register
+        )
+        if not promote_it:
+            return record
+        model_file = checked_download(
+            candidate["model_uri"], candidate["model_sha256"], workdir / "candidate"
+        )
         if candidate["run_id"] == pipeline_run["run_id"]:
             if abs(pipeline_run["test_accuracy"] - candidate["test_accuracy"]) > 1e-9:
                 raise RegisterError(
@@ -267,15 +374,15 @@ def run(
                 )
             predictions = pd.read_csv(predictions_path)
         else:  # an older run: evaluate logged its predictions to that run
-            uri = f"runs:/{candidate['run_id']}/evaluation/predictions.csv"
-            predictions = pd.read_csv(mlflow.artifacts.download_artifacts(uri, dst_path=tmp))
+            path = run_artifact(candidate["run_id"], "evaluation/predictions.csv", workdir)
+            predictions = pd.read_csv(path)
         record["parity"] = parity_check(
             model_file,
             predictions,
             load_split(data_dir / "test.npz"),
             params.register.parity_samples,
         )
-        record["champion"] = promote(client, params, candidate, model_file, workdir)
+        record["champion"] = promote(client, params, candidate, best, model_file, workdir)
     record["decision"] = "promoted"
     return record
 
@@ -288,13 +395,15 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, default=Path("data/prepared"), help="prepared .npz splits"
     )
-    parser.add_argument("--run", type=Path, default=Path("models/run.json"), help="train's run id")
+    parser.add_argument(
+        "--run", type=Path, default=Path("reports/train/run.json"), help="train's run id"
+    )
     parser.add_argument("--out", type=Path, default=Path("models/champion.json"))
     args = parser.parse_args()
     params = load_params(args.params)
     try:
         record = run(params, args.metrics, args.predictions, args.data, args.run)
-    except (TrackingUnavailable, RegisterError) as err:
+    except (TrackingUnavailable, RegisterError, ModelFileError) as err:
         sys.exit(f"register failed: {err}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

@@ -15,14 +15,29 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import yaml
+
+from pipeline.dataset import RAW_FILES, Split, content_hash
 
 # MLflow retries a dead server for minutes by default; fail fast instead.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# Keep the stages' logs readable: no download progress bars.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+# MLflow 3's UI opens an experiment on its GenAI views unless it is tagged as model training.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+DIGEST_CHARS = 32  # MLflow stores a dataset digest in at most 36 characters
 
 
 class TrackingUnavailable(RuntimeError):
     """The tracking server does not answer; the message names the URI."""
+
+
+class ModelFileError(RuntimeError):
+    """An MLflow model is not the Keras model this project logs; the message says why."""
 
 
 def project_root() -> Path:
@@ -57,12 +72,27 @@ def use_experiment(name: str) -> str:
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        for key, value in EXPERIMENT_TAGS.items():
+            if experiment.tags.get(key) != value:  # an experiment made before the tag existed
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     location = None
     if uri.startswith("sqlite:"):
         # Keep artifacts beside the database, not wherever the stage happens to run.
         location = (project_root() / "mlruns").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+
+
+def download_keras_file(model_uri: str, dest: Path) -> Path:
+    """Download an MLflow Keras model (models:/..., runs:/...) and return its .keras file."""
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"].get("keras")
+    if flavor is None:
+        raise ModelFileError(f"{model_uri} is not a Keras model (no keras flavor in its MLmodel)")
+    path = local / flavor.get("data", "data") / "model.keras"
+    if not path.is_file():
+        raise ModelFileError(f"{model_uri} has no {path.relative_to(local)}")
+    return path
 
 
 def git_commit(root: Path | None = None) -> str:
@@ -81,14 +111,40 @@ def git_commit(root: Path | None = None) -> str:
         return "unknown"
 
 
-def lineage_tags(data_hash: str, seed: int) -> dict[str, str]:
-    """Tags tying a run to its code, data and DVC experiment."""
+def lineage_tags(train: Split, val: Split, seed: int) -> dict[str, str]:
+    """Tags tying a run to its code, data and DVC experiment.
+
+    `val_data_hash` says which validation data the run's val_* metrics were measured on: only
+    runs with the same one are compared when `register` chooses a champion.
+    """
     return {
         "git_commit": git_commit(),
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
-        "data_hash": data_hash,
+        "data_hash": content_hash(train, val),
+        "val_data_hash": content_hash(val),
         "seed": str(seed),
     }
+
+
+def log_split(
+    split: Split, context: str, raw_split: str, provenance: Mapping[str, Mapping[str, str]]
+) -> None:
+    """Log a split as an MLflow dataset input of the active run (its Dataset column in the UI).
+
+    digest: the arrays' content hash; source: the mirror its raw IDX files (those of `raw_split`,
+    train or test) came from; input tags: their SHA-256s. `provenance` is fetch's sources.json
+    (file -> {mirror, sha256}).
+    """
+    files = {name: provenance[name] for name in RAW_FILES[raw_split]}
+    dataset = mlflow.data.from_numpy(
+        np.ascontiguousarray(split.x),
+        targets=np.ascontiguousarray(split.y),
+        source=files[RAW_FILES[raw_split][0]]["mirror"],  # a URL or a local directory
+        name=f"fashion-mnist-{context}",
+        digest=content_hash(split)[:DIGEST_CHARS],
+    )
+    tags = {f"sha256:{name}": p["sha256"] for name, p in files.items()}
+    mlflow.log_input(dataset, context=context, tags=tags)
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:

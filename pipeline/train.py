@@ -1,7 +1,8 @@
 """Stage `train`: fit the CNN described in params.yaml, tracked as an MLflow run.
 
-Outputs models/model.keras, the per-epoch history CSV (a DVC plot) and models/run.json with the
-MLflow run id that the evaluate and register stages continue.
+Outputs models/model.keras (byte for byte the model logged to MLflow, whose SHA-256 the run
+records), the per-epoch history CSV (a DVC plot), the validation metrics of the kept weights
+(DVC metrics) and run.json with the MLflow run that the evaluate and register stages continue.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -23,14 +25,16 @@ import tensorflow as tf
 from mlflow.models import infer_signature
 
 from pipeline.architecture import format_table, layer_table
-from pipeline.dataset import Split, content_hash, load_split
+from pipeline.dataset import Split, load_split
+from pipeline.inference import file_sha256
 from pipeline.model import build_model
 from pipeline.params import IMAGE_SIZE, NUM_CLASSES, ModelParams, Params, TrainParams, load_params
-from pipeline.preprocess import to_model_input
 from pipeline.tracking import (
     TrackingUnavailable,
+    download_keras_file,
     flatten,
     lineage_tags,
+    log_split,
     use_experiment,
 )
 
@@ -77,7 +81,7 @@ def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizer
 
 
 def augmenter(params: TrainParams, seed: int) -> keras.Sequential | None:
-    """Random flips/shifts applied to training batches only (never part of the saved model)."""
+    """Random flips/shifts of (N, 28, 28, 1) batches, for training only (not in the saved model)."""
     aug = params.augmentation
     stack: list[keras.layers.Layer] = []
     if aug.horizontal_flip:
@@ -94,21 +98,25 @@ def augmenter(params: TrainParams, seed: int) -> keras.Sequential | None:
 def make_datasets(
     train: Split, val: Split, params: TrainParams
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Batched tf.data pipelines of (model input, one-hot label); training is shuffled and augmented."""
+    """Batched tf.data pipelines of (uint8 pixels, one-hot label), the raw pixels the model takes;
+    training is shuffled and augmented."""
 
     def pairs(split: Split) -> tf.data.Dataset:
         y = keras.utils.to_categorical(split.y, NUM_CLASSES).astype(np.float32)
-        return tf.data.Dataset.from_tensor_slices((to_model_input(split.x), y))
+        return tf.data.Dataset.from_tensor_slices((split.x, y))
 
     train_ds = pairs(train).shuffle(len(train), seed=params.seed, reshuffle_each_iteration=True)
     train_ds = train_ds.batch(params.batch_size)
     aug = augmenter(params, params.seed)
     if aug is not None:
-        train_ds = train_ds.map(
-            lambda x, y: (aug(x, training=True), y),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
+
+        def augment(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            # The layers work on float images with a channel; back to uint8 pixels afterwards
+            # (exact for flips; shifts interpolate, so they are rounded).
+            moved = aug(tf.cast(x[..., None], tf.float32), training=True)[..., 0]
+            return tf.cast(tf.clip_by_value(tf.round(moved), 0, 255), tf.uint8), y
+
+        train_ds = train_ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     val_ds = pairs(val).batch(max(params.batch_size, 256))
     return train_ds.prefetch(tf.data.AUTOTUNE), val_ds.prefetch(tf.data.AUTOTUNE)
 
@@ -168,64 +176,87 @@ def fit_model(
         shuffle=False,  # tf.data shuffles
     )
     history = pd.DataFrame(logger.rows)
+    # EarlyStopping restores the weights of the first epoch with the best val_accuracy.
     history.attrs["best_epoch"] = int(history["val_accuracy"].idxmax()) + 1
     return model, history
 
 
-def _save_model_atomically(model: keras.Model, path: Path) -> None:
+def best_epoch_metrics(history: pd.DataFrame) -> dict[str, float]:
+    """The validation metrics of the kept (best) epoch: what `register` chooses by."""
+    best = history.attrs["best_epoch"]
+    row = history.iloc[best - 1]
+    return {
+        "best_epoch": best,
+        "best_val_accuracy": float(row["val_accuracy"]),
+        "best_val_loss": float(row["val_loss"]),
+    }
+
+
+def _publish(path: Path, write) -> None:
+    """Write a DVC output atomically (temp file + rename): a failed run leaves none half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".keras")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
-        model.save(tmp)
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs should be readable like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def run(
-    params: Params, data_dir: Path, model_path: Path, history_path: Path, run_path: Path
-) -> str:
-    """Train under an MLflow run and write the stage's outputs; returns the run id."""
+def _write_json(path: Path, record: dict) -> None:
+    _publish(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def run(params: Params, data_dir: Path, sources: Path, out: dict[str, Path]) -> str:
+    """Train under an MLflow run and write the stage's outputs; returns the run id.
+
+    `out` names the outputs: model (.keras), history (CSV), metrics and run (JSON).
+    """
     experiment_id = use_experiment(params.mlflow.experiment_name)  # fails fast if unreachable
     train, val = load_split(data_dir / "train.npz"), load_split(data_dir / "val.npz")
+    provenance = json.loads(sources.read_text())
     table = format_table(layer_table(IMAGE_SIZE, params.model.conv_blocks))
     print(table)
-    tags = lineage_tags(content_hash(train, val), params.train.seed)
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as active:
+    tags = lineage_tags(train, val, params.train.seed)
+    # Under `dvc exp run` the run is named after the experiment: the same name in both UIs.
+    run_name = os.environ.get("DVC_EXP_NAME") or None
+    with (
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as active,
+        tempfile.TemporaryDirectory(prefix="train-") as tmp,
+    ):
         mlflow.log_params(flatten(params.model_dump(include={"prepare", "model", "train"})))
         mlflow.log_params({"data.train_samples": len(train), "data.val_samples": len(val)})
+        log_split(train, "train", "train", provenance)
+        log_split(val, "validation", "train", provenance)
         mlflow.log_text(table, "layer_table.txt")
         started = time.perf_counter()
         model, history = fit_model(params.model, params.train, train, val)
         train_seconds = time.perf_counter() - started
-        mlflow.log_metrics(
-            {
-                "train_seconds": train_seconds,
-                "best_epoch": history.attrs["best_epoch"],
-                "param_count": model.count_params(),
-            }
-        )
-        sample = to_model_input(val.x[:8])
-        mlflow.keras.log_model(
+        metrics = best_epoch_metrics(history) | {
+            "train_seconds": round(train_seconds, 1),
+            "param_count": model.count_params(),
+        }
+        mlflow.log_metrics(metrics)
+        sample = val.x[:8]
+        info = mlflow.keras.log_model(
             model, name="model", signature=infer_signature(sample, model.predict(sample, verbose=0))
         )
+        # The DVC output is the logged file itself, so one SHA-256 names the model everywhere.
+        logged = download_keras_file(info.model_uri, Path(tmp))
+        model_sha256 = file_sha256(logged)
+        mlflow.set_tag("model_sha256", model_sha256)
         mlflow.log_text(history.to_csv(index=False), "train_history.csv")
         run_id = active.info.run_id
-    # DVC outputs are written last, each atomically: a failed run leaves none half-written.
-    _save_model_atomically(model, model_path)
-    history_path.parent.mkdir(parents=True, exist_ok=True)
-    history.to_csv(history_path, index=False)
-    run_path.write_text(
-        json.dumps(
-            {"run_id": run_id, "experiment_id": experiment_id, "train_seconds": train_seconds},
-            indent=2,
-        )
-        + "\n"
-    )
+        _publish(out["model"], lambda dest: shutil.copyfile(logged, dest))
+    _publish(out["history"], lambda dest: history.to_csv(dest, index=False))
+    _write_json(out["metrics"], metrics)
+    _write_json(out["run"], {"mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id})
     print(
-        f"MLflow run {run_id}: trained in {train_seconds:.0f} s, best epoch {history.attrs['best_epoch']}"
+        f"MLflow run {run_id}: trained in {train_seconds:.0f} s, best epoch {metrics['best_epoch']} "
+        f"(val accuracy {metrics['best_val_accuracy']:.4f}), model sha256 {model_sha256[:12]}"
     )
     return run_id
 
@@ -236,15 +267,20 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, required=True, help="directory of prepared .npz splits"
     )
+    parser.add_argument(
+        "--sources", type=Path, required=True, help="fetch's sources.json (data provenance)"
+    )
     parser.add_argument("--model", type=Path, required=True, help="output .keras file")
     parser.add_argument("--history", type=Path, required=True, help="output per-epoch CSV")
+    parser.add_argument("--metrics", type=Path, required=True, help="output validation metrics")
     parser.add_argument(
         "--run", type=Path, required=True, help="output JSON with the MLflow run id"
     )
     args = parser.parse_args()
     params = load_params(args.params)
+    out = {"model": args.model, "history": args.history, "metrics": args.metrics, "run": args.run}
     try:
-        run(params, args.data, args.model, args.history, args.run)
+        run(params, args.data, args.sources, out)
     except TrackingUnavailable as err:
         sys.exit(f"train failed: {err}")
 

@@ -68,7 +68,11 @@ class Metadata(BaseModel):
     model: ModelRef
     bento_model: str
     mlflow_run_id: str
-    test_accuracy: float
+    val_accuracy: float = Field(
+        description="accuracy on the validation split: what it was chosen by"
+    )
+    test_accuracy: float = Field(description="accuracy on the held-out test split, reported only")
+    model_sha256: str = Field(description="SHA-256 of the model file, as evaluated and registered")
     git_commit: str
     data_hash: str
     class_names: list[str]
@@ -85,7 +89,9 @@ class Metadata(BaseModel):
             ),
             bento_model=str(info.tag),
             mlflow_run_id=labels["mlflow_run_id"],
+            val_accuracy=float(labels["val_accuracy"]),
             test_accuracy=float(labels["test_accuracy"]),
+            model_sha256=labels["model_sha256"],
             git_commit=labels["git_commit"],
             data_hash=labels["data_hash"],
             class_names=list(CLASS_NAMES),

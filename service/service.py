@@ -3,8 +3,9 @@ GET /metadata; BentoML adds /readyz, /livez, /metrics and the OpenAPI docs at /.
 
 Two services. FashionModel holds the model (a class attribute, so `bentoml build` packs it) behind
 one batchable method: BentoML's adaptive batcher groups concurrent calls into one compiled model
-call. FashionClassifier is the HTTP API: it validates input, preprocesses it with the pipeline's
-own functions and calls FashionModel through bentoml.depends (a batchable method called on `self`
+call through pipeline/inference.py, the path evaluate and register use. FashionClassifier is the
+HTTP API: it validates input, turns image files into pixels with the pipeline's own function
+(pipeline/preprocess.py; the model scales them itself) and calls FashionModel through bentoml.depends (a batchable method called on `self`
 would bypass the batcher), first grouping the requests waiting at the same moment into one call
 (service/coalesce.py): each call between the two services costs more CPU than an image's
 inference. `bentoml serve` from the repository root starts both (bentofile.yaml).
@@ -67,14 +68,14 @@ class FashionModel:
     bento_model = bentoml.models.BentoModel(settings.model_tag())
 
     def __init__(self) -> None:
-        from service.inference import MODEL_FILE, Classifier, configure_threads
+        from pipeline.inference import MODEL_FILE, Classifier, configure_threads
 
         patches.apply()
         # Leave a CPU to the API process: TensorFlow's pool threads spin while they wait for
         # work, and on 2 cores two of them took the CPU the API needed (1,840-1,990 vs
         # 1,270-1,540 single-image requests/s at concurrency 32).
         configure_threads(spare_cpus=1)
-        self.classifier = Classifier(self.bento_model.path_of(MODEL_FILE))
+        self.classifier = Classifier.from_file(self.bento_model.path_of(MODEL_FILE))
         settle_heap()
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH, max_latency_ms=10_000)

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.architecture import format_table, layer_table, output_size
-from pipeline.model import build_model, predict_proba, spatial_sizes
+from pipeline.inference import Classifier
+from pipeline.model import build_model, spatial_sizes
 from pipeline.params import ConvBlock, DenseLayer, ModelParams, PoolParams
 
 pytestmark = pytest.mark.model
@@ -89,9 +90,16 @@ def test_built_model_predicts_probabilities():
         dense=[DenseLayer(units=8, dropout=0.2)],
     )
     model = build_model(params)
-    assert [layer.name for layer in model.layers][:4] == ["conv_0", "bn_0", "act_0", "pool_0"]
+    names = [layer.name for layer in model.layers]
+    assert names[:6] == ["scale", "add_channel", "conv_0", "bn_0", "act_0", "pool_0"]
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
-    proba = predict_proba(model, images, batch_size=2)
+    proba = Classifier(model).predict_proba(images)
+    (pixels,) = model.inputs
+    assert pixels.dtype == "uint8" and tuple(pixels.shape) == (None, 28, 28)
     assert proba.shape == (5, 10)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    eager = keras.ops.convert_to_numpy(model(images, training=False))
+    np.testing.assert_allclose(proba, eager, atol=1e-6)  # the compiled path computes the same
+    with pytest.raises(ValueError, match=r"uint8 images of shape \(N, 28, 28\), got float32"):
+        Classifier(model).predict_proba(images.astype(np.float32))
     assert isinstance(model, keras.Sequential)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import mlflow
-import numpy as np
 import pytest
 from conftest import BIN, SMALL_RUN, base_env, copy_workspace, run, set_params
 from mlflow.tracking import MlflowClient
 
-from pipeline.dataset import load_split
+from pipeline.dataset import RAW_FILES, content_hash, load_split
+from pipeline.inference import file_sha256
+from pipeline.params import load_params
+from pipeline.tracking import download_keras_file
+
+pytest_plugins = ["service_fixtures"]  # champion
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +36,13 @@ def test_repro_prepare_then_nothing_to_do(tmp_path):
     report = json.loads((ws / "reports" / "data" / "report.json").read_text())
     assert report["splits"]["val"]["class_counts"]["Bag"] == 5
     assert (ws / "reports" / "data" / "report.csv").read_text().startswith("class,train,val,test")
-    assert len(list((ws / "data" / "raw").iterdir())) == 4
+    sources = json.loads((ws / "data" / "raw" / "sources.json").read_text())
+    assert sorted(p.name for p in (ws / "data" / "raw").iterdir()) == sorted(
+        [*sources, "sources.json"]
+    )
+    params = load_params(ws / "params.yaml")
+    assert {n: s["sha256"] for n, s in sources.items()} == params.fetch.files
+    assert {s["mirror"] for s in sources.values()} <= set(params.fetch.mirrors)
     second = run([DVC, "repro", "prepare"], ws, env)
     assert "Running stage" not in second.stdout
     assert "up to date" in second.stdout
@@ -40,8 +51,8 @@ def test_repro_prepare_then_nothing_to_do(tmp_path):
 @pytest.fixture(scope="module")
 def tracked_run(pipeline_run, mlflow_server):
     client = MlflowClient(tracking_uri=mlflow_server)
-    run_id = json.loads((pipeline_run / "models" / "run.json").read_text())["run_id"]
-    return client, client.get_run(run_id)
+    run_id = json.loads((pipeline_run / "reports" / "train" / "run.json").read_text())
+    return client, client.get_run(run_id["mlflow_run_id"])
 
 
 def test_run_holds_params_tags_and_per_epoch_metrics(pipeline_run, tracked_run):
@@ -61,16 +72,54 @@ def test_run_holds_params_tags_and_per_epoch_metrics(pipeline_run, tracked_run):
     assert 0.5 < tracked.data.metrics["test_accuracy"] <= 1.0
 
 
-def test_logged_model_loads_and_predicts_probabilities(pipeline_run, tracked_run, mlflow_server):
-    _, tracked = tracked_run
-    mlflow.set_tracking_uri(mlflow_server)
-    model = mlflow.keras.load_model(f"runs:/{tracked.info.run_id}/model")
-    test = load_split(pipeline_run / "data" / "prepared" / "test.npz")
-    from pipeline.model import predict_proba
+def test_run_records_the_kept_epochs_validation_metrics(pipeline_run, tracked_run):
+    client, tracked = tracked_run
+    metrics = tracked.data.metrics
+    written = json.loads((pipeline_run / "reports" / "train" / "metrics.json").read_text())
+    history = client.get_metric_history(tracked.info.run_id, "val_accuracy")
+    best = max(history, key=lambda m: (m.value, -m.step))  # the first best epoch is kept
+    assert metrics["best_epoch"] == written["best_epoch"] == best.step
+    assert metrics["best_val_accuracy"] == pytest.approx(best.value)
+    assert written["best_val_accuracy"] == pytest.approx(best.value)
+    val_loss = {m.step: m.value for m in client.get_metric_history(tracked.info.run_id, "val_loss")}
+    assert metrics["best_val_loss"] == pytest.approx(val_loss[best.step])
+    val = load_split(pipeline_run / "data" / "prepared" / "val.npz")
+    assert tracked.data.tags["val_data_hash"] == content_hash(val)
 
-    proba = predict_proba(model, test.x[:16])
-    assert proba.shape == (16, 10)
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+def test_model_file_is_the_logged_one_byte_for_byte(pipeline_run, tracked_run, mlflow_server):
+    _, tracked = tracked_run
+    local = pipeline_run / "models" / "model.keras"
+    assert tracked.data.tags["model_sha256"] == file_sha256(local)
+    mlflow.set_tracking_uri(mlflow_server)
+    uri = f"runs:/{tracked.info.run_id}/model"
+    logged = download_keras_file(uri, pipeline_run / ".pytest-download")
+    assert file_sha256(logged) == file_sha256(local)
+
+
+def input_tags(dataset_input) -> dict[str, str]:
+    return {t.key: t.value for t in dataset_input.tags}
+
+
+def test_experiment_opens_on_training_runs_with_their_datasets(pipeline_run, tracked_run):
+    client, tracked = tracked_run
+    experiment = client.get_experiment(tracked.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = {  # train and validation logged by train, test by evaluate
+        input_tags(d)["mlflow.data.context"]: d for d in tracked.inputs.dataset_inputs
+    }
+    assert set(inputs) == {"train", "validation", "test"}
+    sources = json.loads((pipeline_run / "data" / "raw" / "sources.json").read_text())
+    for context, split in (("train", "train"), ("validation", "val"), ("test", "test")):
+        data = load_split(pipeline_run / "data" / "prepared" / f"{split}.npz")
+        dataset = inputs[context].dataset
+        assert dataset.name == f"fashion-mnist-{context}"
+        assert dataset.digest == content_hash(data)[: len(dataset.digest)]
+        assert len(dataset.digest) >= 16
+        raw = RAW_FILES["test" if split == "test" else "train"]
+        assert sources[raw[0]]["mirror"] in dataset.source
+        tags = input_tags(inputs[context])
+        assert {tags[f"sha256:{name}"] for name in raw} == {sources[n]["sha256"] for n in raw}
 
 
 def test_evaluation_artifacts_logged_and_dvc_metrics(pipeline_run, tracked_run):
@@ -89,9 +138,13 @@ def test_evaluation_artifacts_logged_and_dvc_metrics(pipeline_run, tracked_run):
     assert layers[1].startswith("conv_0,conv,28,3,1.0,1,28,32,28")
 
 
-def test_second_repro_does_nothing(pipeline_run, pipeline_env):
+def test_second_repro_retrains_nothing_and_keeps_the_champion(pipeline_run, pipeline_env, champion):
     out = run([DVC, "repro"], pipeline_run, pipeline_env).stdout
-    assert "Running stage" not in out
+    # register always runs (the registry is state DVC cannot see); nothing else does.
+    assert re.findall(r"Running stage '(\w+)'", out) == ["register"]
+    record = json.loads((pipeline_run / "models" / "champion.json").read_text())
+    assert record["decision"] == "kept" and "already the champion" in record["reason"]
+    assert record["champion"]["version"] == champion["champion"]["version"]
 
 
 def test_exp_run_in_temp_copy_tracks_to_repo_sqlite(pipeline_run):

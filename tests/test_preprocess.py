@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.preprocess import image_to_pixels, to_model_input
+from pipeline.preprocess import image_to_pixels, preprocessing_layers
 
 pytestmark = pytest.mark.unit
 
@@ -59,9 +59,13 @@ def test_transparent_pixels_count_as_white_background():
     assert pixels[0, 0] == 0 and pixels[14, 14] == 255
 
 
-def test_model_input_is_scaled_to_unit_range_with_a_channel():
-    x = to_model_input(item())
+def test_model_input_layers_scale_pixels_to_unit_range_with_a_channel():
+    import keras
+
+    x = item()[None]
+    for layer in preprocessing_layers():
+        x = layer(x)
+    x = keras.ops.convert_to_numpy(x)
     assert x.shape == (1, 28, 28, 1) and x.dtype == np.float32
     assert x.max() == pytest.approx(250 / 255) and x.min() == 0.0
-    with pytest.raises(ValueError, match=r"\(N, 28, 28\)"):
-        to_model_input(np.zeros((2, 27, 28), np.uint8))
+    np.testing.assert_allclose(x[0, ..., 0], item() / 255, rtol=1e-6)

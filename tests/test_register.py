@@ -2,7 +2,7 @@
 
 The gate itself is unit-tested; the stage runs for real (`python -m pipeline.register`) against
 the session's MLflow server and private BentoML store: once on the pipeline's own run, then on
-crafted runs (the pipeline's model logged again with chosen test accuracies) in experiments and
+crafted runs (the pipeline's model logged again with chosen validation and test accuracies) in experiments and
 a registered model of their own, so the pipeline's champion is never touched.
 """
 
@@ -15,15 +15,17 @@ import uuid
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
+import requests
 import yaml
-from conftest import BIN, run
+from conftest import BIN, free_port, run, start_server, stop
 from mlflow import MlflowClient
 
 from pipeline.params import RegisterParams
 from pipeline.register import decide
 
-pytest_plugins = ["service_fixtures"]  # champion
+pytest_plugins = ["service_fixtures"]  # champion, test_images, evaluated
 
 
 def register_cmd(*extra: str) -> list[str]:
@@ -72,25 +74,43 @@ def bento_models(home: Path, name: str) -> dict[str, dict]:
 def test_pipeline_run_is_promoted_into_both_stores(
     champion, pipeline_run, mlflow_server, bentoml_home, tmp_path
 ):
-    run_id = json.loads((pipeline_run / "models" / "run.json").read_text())["run_id"]
+    run_id = json.loads((pipeline_run / "reports" / "train" / "run.json").read_text())
+    run_id = run_id["mlflow_run_id"]
     accuracy = json.loads((pipeline_run / "reports" / "eval" / "metrics.json").read_text())
+    trained = json.loads((pipeline_run / "reports" / "train" / "metrics.json").read_text())
     assert champion["decision"] == "promoted", champion["reason"]
+    assert champion["chosen_by"] == "validation accuracy"
+    assert "validation accuracy" in champion["reason"]
     assert champion["previous_champion"] is None
     assert champion["candidate"]["run_id"] == run_id
+    assert champion["candidate"]["val_accuracy"] == trained["best_val_accuracy"]
     assert champion["candidate"]["test_accuracy"] == accuracy["test_accuracy"]
     assert champion["parity"]["samples"] == 256
     assert champion["parity"]["max_confidence_diff"] < 1e-4
     current = champion["champion"]
     assert current["run_id"] == run_id
+    model_sha = sha256(pipeline_run / "models" / "model.keras")  # the file evaluate scored
+    assert current["model_sha256"] == model_sha
 
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     version = client.get_model_version_by_alias(current["model_name"], "champion")
     assert version.version == current["version"]
     assert version.run_id == run_id
+    assert version.tags["val_accuracy"] == str(trained["best_val_accuracy"])
     assert version.tags["test_accuracy"] == str(accuracy["test_accuracy"])
+    assert version.tags["model_sha256"] == model_sha
     assert version.tags["bento_model"] == current["bento_model"]
     assert version.tags["git_commit"] == current["git_commit"] != "unknown"
     assert len(version.tags["data_hash"]) == 64
+    # The model card: on the version and on the registered model.
+    assert f"| validation accuracy (chosen by) | {trained['best_val_accuracy']:.4f} |" in (
+        version.description
+    )
+    assert "floor((n + 2p - f) / s) + 1" in version.description
+    assert "conv_0" in version.description and "| Ankle boot |" in version.description
+    assert model_sha in version.description
+    registered = client.get_registered_model(current["model_name"])
+    assert f"Latest promoted: version {current['version']}" in registered.description
 
     name, bento_version = current["bento_model"].split(":")
     stored = bento_models(bentoml_home, name)[bento_version]
@@ -98,7 +118,9 @@ def test_pipeline_run_is_promoted_into_both_stores(
         "mlflow_model_name": current["model_name"],
         "mlflow_model_version": current["version"],
         "mlflow_run_id": run_id,
+        "val_accuracy": f"{trained['best_val_accuracy']:.4f}",
         "test_accuracy": f"{accuracy['test_accuracy']:.4f}",
+        "model_sha256": model_sha,
         "git_commit": current["git_commit"],
         "data_hash": version.tags["data_hash"],
     }
@@ -110,7 +132,7 @@ def test_pipeline_run_is_promoted_into_both_stores(
         )
     )
     served = bentoml_home / "models" / name / bento_version / "model.keras"
-    assert sha256(served) == sha256(registered / "data" / "model.keras")
+    assert sha256(served) == sha256(registered / "data" / "model.keras") == model_sha
 
 
 @pytest.mark.e2e
@@ -126,32 +148,39 @@ def test_rerun_keeps_the_champion(champion, pipeline_run, pipeline_env, bentoml_
     assert bento_models(bentoml_home, name) == before
 
 
-# Crafted runs: the pipeline's model logged like `train` does, with the given test accuracy and
-# evaluate's predictions table (optionally tampered with, so the parity check must fail).
+# Crafted runs: the pipeline's model logged like `train` and `evaluate` do (model, its SHA-256,
+# layer table, validation split hash, evaluation tables), with chosen validation and test
+# accuracies; the predictions table is optionally tampered with, so the parity check must fail.
 MAKE_RUNS = r"""
 import json, os, sys, tempfile
 from pathlib import Path
 import keras, mlflow
-from pipeline.dataset import load_split
+from pipeline.dataset import content_hash, load_split
 from pipeline.evaluate import evaluate_predictions
-from pipeline.model import predict_proba
+from pipeline.inference import Classifier, file_sha256
+from pipeline.tracking import download_keras_file
 
 mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
 model = keras.saving.load_model("models/model.keras")
 test = load_split(Path("data/prepared/test.npz"))
-table = evaluate_predictions(test.y[:512], predict_proba(model, test.x[:512])).predictions
+val_hash = content_hash(load_split(Path("data/prepared/val.npz")))
+result = evaluate_predictions(test.y[:512], Classifier(model).predict_proba(test.x[:512]))
 run_ids = {}
 for spec in json.loads(sys.argv[1]):
     mlflow.set_experiment(spec["experiment"])
-    with mlflow.start_run(tags={"git_commit": "crafted", "data_hash": "crafted"}) as active:
-        mlflow.keras.log_model(model, name="model", pip_requirements=["tensorflow", "keras"])
-        logged = table.copy()
+    tags = {"git_commit": "crafted", "data_hash": "crafted", "val_data_hash": val_hash}
+    with mlflow.start_run(tags=tags) as active, tempfile.TemporaryDirectory() as tmp:
+        info = mlflow.keras.log_model(model, name="model", pip_requirements=["tensorflow", "keras"])
+        mlflow.set_tag("model_sha256", file_sha256(download_keras_file(info.model_uri, Path(tmp))))
+        mlflow.log_text("conv_0 ... (crafted)", "layer_table.txt")
+        logged = result.predictions.copy()
         if spec["tamper"]:
             logged["predicted_id"] = (logged["predicted_id"] + 1) % 10
-        with tempfile.TemporaryDirectory() as tmp:
-            logged.to_csv(f"{tmp}/predictions.csv", index_label="index", float_format="%.6f")
-            mlflow.log_artifact(f"{tmp}/predictions.csv", artifact_path="evaluation")
-        mlflow.log_metric("test_accuracy", spec["accuracy"])
+        logged.to_csv(f"{tmp}/predictions.csv", index_label="index", float_format="%.6f")
+        result.per_class.to_csv(f"{tmp}/per_class.csv", index=False)
+        mlflow.log_artifact(f"{tmp}/predictions.csv", artifact_path="evaluation")
+        mlflow.log_artifact(f"{tmp}/per_class.csv", artifact_path="evaluation")
+        mlflow.log_metrics({"best_val_accuracy": spec["val"], "test_accuracy": spec["test"]})
     run_ids[spec["experiment"]] = active.info.run_id
 print("RUNS=" + json.dumps(run_ids))
 """
@@ -161,12 +190,18 @@ print("RUNS=" + json.dumps(run_ids))
 def crafted(pipeline_run: Path, pipeline_env: dict) -> dict[str, str]:
     """Experiment (scenario) name -> id of its one crafted run."""
     prefix = f"reg-{uuid.uuid4().hex[:8]}"
+    scenarios = {  # name: (validation accuracy, test accuracy, tampered predictions)
+        "floor": (0.40, 0.95, False),
+        "first": (0.80, 0.80, False),
+        "parity": (0.85, 0.85, True),
+        "worse": (0.70, 0.80, False),
+        "better-test-worse-val": (0.75, 0.99, False),
+        "better": (0.90, 0.60, False),
+        "remeasure": (0.95, 0.80, False),
+    }
     specs = [
-        {"experiment": f"{prefix}-floor", "accuracy": 0.40, "tamper": False},
-        {"experiment": f"{prefix}-first", "accuracy": 0.80, "tamper": False},
-        {"experiment": f"{prefix}-parity", "accuracy": 0.85, "tamper": True},
-        {"experiment": f"{prefix}-worse", "accuracy": 0.70, "tamper": False},
-        {"experiment": f"{prefix}-better", "accuracy": 0.90, "tamper": False},
+        {"experiment": f"{prefix}-{name}", "val": val, "test": test, "tamper": tamper}
+        for name, (val, test, tamper) in scenarios.items()
     ]
     proc = run(
         [str(BIN / "python"), "-c", MAKE_RUNS, json.dumps(specs)], pipeline_run, pipeline_env
@@ -208,8 +243,8 @@ def test_floor_blocks_a_first_champion(
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert record["decision"] == "kept"
-    assert "below the floor min_accuracy=0.5000" in record["reason"]
-    assert record["candidate"]["test_accuracy"] == 0.40
+    assert "validation accuracy 0.4000 is below the floor min_accuracy=0.5000" in record["reason"]
+    assert record["candidate"]["val_accuracy"] == 0.40
     assert record["champion"] is None
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     assert registry_state(client, model) == ([], None)
@@ -244,23 +279,36 @@ def test_champion_challenger_sequence(
     assert registry_state(client, model) == (["1"], "1")
     assert bento_models(bentoml_home, model) == store
 
-    # 3. A worse candidate (0.70 vs 0.80, max_regression 0.002): the champion is kept.
+    # 3. A worse candidate (validation 0.70 vs 0.80, max_regression 0.002): the champion is kept.
     proc, record = step("worse")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert record["decision"] == "kept"
     assert "more than max_regression" in record["reason"]
-    assert record["candidate"]["test_accuracy"] == 0.70
-    assert record["champion"]["test_accuracy"] == 0.80
+    assert record["candidate"]["val_accuracy"] == 0.70
+    assert record["champion"]["val_accuracy"] == 0.80
     assert record["champion"] == record["previous_champion"]
     assert registry_state(client, model) == (["1"], "1")
     assert bento_models(bentoml_home, model) == store
 
-    # 4. A better candidate: version 2 becomes the champion; the old BentoML model stays as it was.
+    # 4. Test accuracy never chooses: 0.99 on test but 0.75 on validation is not promoted.
+    proc, record = step("better-test-worse-val")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (record["decision"], record["candidate"]["test_accuracy"]) == ("kept", 0.99)
+    assert "validation accuracy 0.7500 is 0.0500 below the champion's 0.8000" in record["reason"]
+    assert registry_state(client, model) == (["1"], "1")
+
+    # 5. Better on validation (though worse on test): version 2 becomes the champion; the old
+    # BentoML model stays as it was.
     proc, record = step("better")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert record["decision"] == "promoted"
     assert record["previous_champion"]["version"] == "1"
-    assert (record["champion"]["version"], record["champion"]["test_accuracy"]) == ("2", 0.90)
+    champion = record["champion"]
+    assert (champion["version"], champion["val_accuracy"], champion["test_accuracy"]) == (
+        "2",
+        0.90,
+        0.60,
+    )
     assert registry_state(client, model) == (["1", "2"], "2")
     after = bento_models(bentoml_home, model)
     assert {k: v for k, v in after.items() if k in store} == store
@@ -269,8 +317,85 @@ def test_champion_challenger_sequence(
     assert new["labels"]["mlflow_run_id"] == crafted[f"{prefix}-better"]
     assert record["champion"]["bento_model"] == f"{model}:{new['version']}"
 
-    # 5. Nothing new: the best run is already the champion.
+    # 6. Nothing new: the best run is already the champion.
     proc, record = step("better")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (record["decision"], record["champion"]["version"]) == ("kept", "2")
     assert registry_state(client, model) == (["1", "2"], "2")
+
+
+@pytest.mark.e2e
+def test_champion_validated_on_other_data_is_remeasured(
+    crafted, pipeline_run, pipeline_env, mlflow_server, test_images, tmp_path
+):
+    """A champion whose 0.99 was measured on another validation split is measured again on this
+    one before the comparison; the candidate (0.95 here) is compared with what it really gets."""
+    prefix = crafted["prefix"]
+    model = f"{prefix}-remeasured"
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    pipeline_run_id = json.loads((pipeline_run / "reports" / "train" / "run.json").read_text())
+    source = f"runs:/{pipeline_run_id['mlflow_run_id']}/model"
+    mlflow.set_tracking_uri(mlflow_server)
+    old = mlflow.register_model(
+        source, model, tags={"val_accuracy": "0.99", "val_data_hash": "0" * 64}
+    )
+    client.set_registered_model_alias(model, "champion", old.version)
+    from pipeline.dataset import load_split
+    from pipeline.inference import Classifier
+
+    val = load_split(pipeline_run / "data" / "prepared" / "val.npz")
+    classifier = Classifier.from_file(pipeline_run / "models" / "model.keras")
+    real = float((classifier.predict_proba(val.x).argmax(axis=1) == val.y).mean())
+    assert real < 0.95  # a 2-epoch model: the crafted 0.95 may replace it once it is re-measured
+
+    proc, record = register(pipeline_run, pipeline_env, tmp_path, f"{prefix}-remeasure", model)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    remeasured = record["champion_remeasured"]
+    assert remeasured["val_accuracy_before"] == 0.99
+    assert remeasured["val_accuracy"] == pytest.approx(real)
+    assert "validated on other data" in remeasured["reason"]
+    assert record["decision"] == "promoted", record["reason"]
+    assert f"the champion's {real:.4f}" in record["reason"]
+    assert registry_state(client, model) == (["1", "2"], "2")
+
+
+@pytest.mark.e2e
+def test_champion_loads_with_plain_mlflow_on_raw_pixels(
+    champion, mlflow_server, test_images, evaluated
+):
+    """No project code: pyfunc on uint8 test images gives evaluate's predictions."""
+    mlflow.set_tracking_uri(mlflow_server)
+    name = champion["champion"]["model_name"]
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    inputs = model.metadata.get_input_schema().inputs
+    assert [(i.type, i.shape) for i in inputs] == [(np.dtype("uint8"), (-1, 28, 28))]
+    x, _ = test_images
+    proba = np.asarray(model.predict(x[:256]))
+    assert proba.shape == (256, 10)
+    assert (proba.argmax(axis=1) == evaluated["predicted_id"].to_numpy()[:256]).all()
+    np.testing.assert_allclose(
+        proba.max(axis=1), evaluated["confidence"].to_numpy()[:256], atol=1e-4
+    )
+
+
+@pytest.mark.e2e
+def test_mlflow_models_serve_answers_raw_pixels(
+    champion, pipeline_env, mlflow_server, test_images, evaluated, tmp_path
+):
+    """What an MLflow user runs instead of our service: it takes the pixels as they are."""
+    name = champion["champion"]["model_name"]
+    port = free_port()
+    cmd = [
+        str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
+        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(cmd, tmp_path, pipeline_env, tmp_path / "serve.log", f"{url}/ping", 240)
+    try:
+        x, _ = test_images
+        resp = requests.post(f"{url}/invocations", json={"inputs": x[:16].tolist()}, timeout=60)
+    finally:
+        stop(proc)
+    assert resp.status_code == 200, resp.text
+    proba = np.asarray(resp.json()["predictions"])
+    assert (proba.argmax(axis=1) == evaluated["predicted_id"].to_numpy()[:16]).all()

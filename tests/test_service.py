@@ -78,7 +78,9 @@ def test_metadata_names_the_champion(service_url, champion, pipeline_run):
     }
     assert meta["mlflow_run_id"] == current["run_id"]
     assert meta["bento_model"] == current["bento_model"]
+    assert meta["val_accuracy"] == pytest.approx(current["val_accuracy"], abs=1e-4)
     assert meta["test_accuracy"] == pytest.approx(current["test_accuracy"], abs=1e-4)
+    assert meta["model_sha256"] == current["model_sha256"]
     assert meta["class_names"] == list(CLASS_NAMES)
     assert {"classify", "predict"} <= set(meta["input"])
     assert meta["limits"] == params.serve.model_dump()

@@ -103,18 +103,11 @@ def test_train_stage_with_dead_server_fails_in_seconds_and_writes_nothing(tmp_pa
     ws = copy_workspace(tmp_path)
     uri = f"http://127.0.0.1:{free_port()}"
     cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.train",
-        "--data",
-        "data/prepared",
-        "--model",
-        "models/model.keras",
-        "--history",
-        "reports/train/history.csv",
-        "--run",
-        "models/run.json",
-    ]
+        sys.executable, "-m", "pipeline.train", "--data", "data/prepared",
+        "--sources", "data/raw/sources.json", "--model", "models/model.keras",
+        "--history", "reports/train/history.csv", "--metrics", "reports/train/metrics.json",
+        "--run", "reports/train/run.json",
+    ]  # fmt: skip
     started = time.monotonic()
     proc = subprocess.run(
         cmd,

@@ -1,0 +1,161 @@
+"""Experiments the DVC way, in a temporary clone on a tiny subset, with the default MLflow store.
+
+A committed baseline plus two experiments queued and run two at a time (`dvc queue start -j 2`):
+every commit and experiment carries its metrics and plot data, `dvc exp show`, `dvc metrics diff`
+and `dvc plots diff` compare them, each experiment is one MLflow run named after it, and the
+best one is promoted with `dvc exp apply` + `dvc repro` without retraining.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BIN, REPO, SMALL_RUN, base_env, copy_workspace, run, set_params
+
+pytestmark = pytest.mark.e2e
+
+DVC = str(BIN / "dvc")
+EXPERIMENTS = {"lr-low": 0.001, "lr-high": 0.004}
+KEY_METRICS = ("best_val_accuracy", "best_val_loss", "test_accuracy", "test_macro_f1")
+
+
+def readme_command(prefix: str) -> list[str]:
+    """The README's command line that starts with `prefix`, split like a shell would."""
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith(prefix):
+            return shlex.split(line.split("  #", 1)[0])
+    raise AssertionError(f"README.md has no line starting with {prefix!r}")
+
+
+def wait_for_queue(ws: Path, env: dict, timeout: float = 900) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; returns the last status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run([DVC, "queue", "status"], ws, env).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            return status
+        time.sleep(5)
+    raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
+
+
+def revisions(ws: Path, env: dict) -> dict[str, dict]:
+    """`dvc exp show --json` as {"baseline" or experiment name: its data (params, metrics...)}."""
+    shown = json.loads(run([DVC, "exp", "show", "--json"], ws, env).stdout)
+    (commit,) = [r for r in shown if r["rev"] != "workspace"]
+    rows = {"baseline": commit["data"]}
+    rows |= {e["name"]: e["revs"][0]["data"] for e in commit.get("experiments") or []}
+    return rows
+
+
+def metric(data: dict, file: str, key: str) -> object:
+    return data["metrics"][file]["data"][key]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    ws = copy_workspace(tmp_path_factory.mktemp("sweep"))
+    set_params(ws, **{**SMALL_RUN, "train.epochs": 1})
+    env = base_env(BENTOML_HOME=str(ws.parent / "bentoml"))  # default MLflow store: ws/mlflow.db
+    run([DVC, "repro"], ws, env)
+    git = ["git", "-c", "user.email=test@example.com", "-c", "user.name=test"]
+    run([*git, "add", "-A"], ws, env)
+    run([*git, "commit", "-qm", "baseline"], ws, env)
+    for name, lr in EXPERIMENTS.items():
+        run([DVC, "exp", "run", "--queue", "-n", name, "-S", f"train.learning_rate={lr}"], ws, env)
+    run([DVC, "queue", "start", "-j", "2"], ws, env)
+    status = wait_for_queue(ws, env)
+    assert status.count("Success") == len(EXPERIMENTS), status
+    return ws, env
+
+
+def test_every_revision_has_numeric_metrics(sweep):
+    ws, env = sweep
+    rows = revisions(ws, env)
+    assert set(rows) == {"baseline", *EXPERIMENTS}
+    params_seen = {}
+    for name, data in rows.items():
+        metrics = {k: v for f in data["metrics"].values() for k, v in f["data"].items()}
+        for key in (*KEY_METRICS, "train_seconds", "param_count", "best_epoch"):
+            assert isinstance(metrics.get(key), int | float), f"{name}: {key} = {metrics.get(key)}"
+        assert 0 < metrics["best_val_accuracy"] <= 1 and 0 < metrics["test_accuracy"] <= 1
+        params_seen[name] = data["params"]["params.yaml"]["data"]["train"]["learning_rate"]
+    assert params_seen == {"baseline": 0.002, **EXPERIMENTS}
+
+
+def test_metrics_and_plots_diff_load_both_experiments(sweep):
+    ws, env = sweep
+    a, b = EXPERIMENTS
+    diff = run([DVC, "metrics", "diff", a, b, "--json"], ws, env)
+    assert "failed to load" not in diff.stderr
+    changes = {k: v for f in json.loads(diff.stdout).values() for k, v in f.items()}
+    for key in KEY_METRICS:
+        assert isinstance(changes[key]["old"], float) and isinstance(changes[key]["new"], float)
+    plots = run([DVC, "plots", "diff", a, b, "--json"], ws, env)
+    assert "failed to load" not in plots.stderr
+    data = json.loads(plots.stdout)["data"]
+    # Learning curves on the same axes, per-class scores side by side: one plot, both revisions.
+    for name in ("accuracy", "loss", "reports/eval/per_class.csv"):
+        (plot,) = data[name]
+        assert plot["revisions"] == [a, b], name
+        revs = {row["rev"] for row in plot["content"]["data"]["values"]}
+        assert revs == {a, b}, name
+    per_class = data["reports/eval/per_class.csv"][0]["content"]
+    assert per_class["encoding"]["yOffset"]["field"] == "rev"  # bars grouped per class
+    assert len(per_class["data"]["values"]) == 20
+
+
+def test_readme_sweep_table_fits_in_120_columns(sweep):
+    ws, env = sweep
+    cmd = readme_command("dvc exp show --only-changed")
+    table = run(cmd, ws, {**env, "COLUMNS": "120"}).stdout
+    lines = table.rstrip().splitlines()
+    assert max(len(line) for line in lines) <= 120, table
+    assert "…" not in table, table  # nothing cut
+    header = lines[1]
+    for column in ("train.learning_rate", "best_val_accuracy", "test_accuracy"):
+        assert column in header, table
+    for name in EXPERIMENTS:
+        assert f"[{name}]" in table
+
+
+def test_each_experiment_is_one_finished_mlflow_run_named_after_it(sweep):
+    ws, env = sweep
+    rows = revisions(ws, env)
+    with sqlite3.connect(ws / "mlflow.db") as db:
+        runs = db.execute(
+            "select r.run_uuid, r.name, r.status, t.value from runs r join tags t "
+            "on t.run_uuid = r.run_uuid and t.key = 'dvc_exp_name' where t.value != ''"
+        ).fetchall()
+    by_exp: dict[str, list] = {}
+    for run_id, run_name, status, exp_name in runs:
+        by_exp.setdefault(exp_name, []).append((run_id, run_name, status))
+    assert set(by_exp) == set(EXPERIMENTS)
+    for name in EXPERIMENTS:
+        ((run_id, run_name, status),) = by_exp[name]
+        assert (run_name, status) == (name, "FINISHED")
+        # `dvc exp show` -> the MLflow run, and the run's name -> the experiment.
+        assert metric(rows[name], "reports/train/run.json", "mlflow_run_id") == run_id
+
+
+def test_apply_the_best_then_repro_retrains_nothing(sweep):
+    ws, env = sweep
+    rows = revisions(ws, env)
+    val = {
+        name: metric(rows[name], "reports/train/metrics.json", "best_val_accuracy")
+        for name in EXPERIMENTS
+    }
+    best = max(val, key=val.get)
+    run([DVC, "exp", "apply", best], ws, env)
+    out = run([DVC, "repro"], ws, env).stdout
+    assert re.findall(r"Running stage '(\w+)'", out) == ["register"], out
+    applied = json.loads((ws / "reports" / "train" / "metrics.json").read_text())
+    assert applied["best_val_accuracy"] == val[best]
+    branch = f"{best}-branch"
+    run([DVC, "exp", "branch", best, branch], ws, env)
+    assert branch in run(["git", "branch", "--list", branch], ws, env).stdout
