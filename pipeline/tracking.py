@@ -11,6 +11,7 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -136,13 +137,17 @@ def log_split(
     (file -> {mirror, sha256}).
     """
     files = {name: provenance[name] for name in RAW_FILES[raw_split]}
-    dataset = mlflow.data.from_numpy(
-        np.ascontiguousarray(split.x),
-        targets=np.ascontiguousarray(split.y),
-        source=files[RAW_FILES[raw_split][0]]["mirror"],  # a URL or a local directory
-        name=f"fashion-mnist-{context}",
-        digest=content_hash(split)[:DIGEST_CHARS],
-    )
+    with warnings.catch_warnings():
+        # MLflow registers its local-path source under two URI schemes ("" and "file") and warns
+        # that a directory "can be interpreted in multiple ways": both are the same class.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_numpy(
+            np.ascontiguousarray(split.x),
+            targets=np.ascontiguousarray(split.y),
+            source=files[RAW_FILES[raw_split][0]]["mirror"],  # a URL or a local directory
+            name=f"fashion-mnist-{context}",
+            digest=content_hash(split)[:DIGEST_CHARS],
+        )
     tags = {f"sha256:{name}": p["sha256"] for name, p in files.items()}
     mlflow.log_input(dataset, context=context, tags=tags)
 

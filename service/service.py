@@ -5,10 +5,11 @@ Two services. FashionModel holds the model (a class attribute, so `bentoml build
 one batchable method: BentoML's adaptive batcher groups concurrent calls into one compiled model
 call through pipeline/inference.py, the path evaluate and register use. FashionClassifier is the
 HTTP API: it validates input, turns image files into pixels with the pipeline's own function
-(pipeline/preprocess.py; the model scales them itself) and calls FashionModel through bentoml.depends (a batchable method called on `self`
-would bypass the batcher), first grouping the requests waiting at the same moment into one call
-(service/coalesce.py): each call between the two services costs more CPU than an image's
-inference. `bentoml serve` from the repository root starts both (bentofile.yaml).
+(pipeline/preprocess.py; the model scales pixels itself) and calls FashionModel through
+bentoml.depends (a batchable method called on `self` would bypass the batcher), first grouping
+the requests waiting at the same moment into one call (service/coalesce.py): each call between
+the two services costs more CPU than an image's inference. `bentoml serve` from the repository
+root starts both (bentofile.yaml).
 """
 
 from __future__ import annotations
