@@ -26,8 +26,6 @@ from pathlib import Path
 from pipeline.params import FetchParams, load_params
 
 _CHUNK = 1 << 16
-
-
 SOURCES_FILE = "sources.json"
 
 
@@ -122,8 +120,9 @@ def fetch_dataset(params: FetchParams, out_dir: Path) -> dict[str, str]:
     """Fetch and verify every file of params.files into out_dir; returns file -> mirror used.
 
     out_dir also gets SOURCES_FILE: for each file, the mirror it came from and its SHA-256, the
-    data's provenance that `train` logs with the datasets in MLflow. All files are staged in a temporary directory and moved into out_dir only when every one
-    verified, so a failed or interrupted fetch never leaves partial or unverified outputs.
+    data's provenance that `train` and `evaluate` log with the datasets in MLflow. All files are
+    staged in a temporary directory and moved into out_dir only when every one verified, so a
+    failed or interrupted fetch never leaves partial or unverified outputs.
     """
     attempts = _Attempts()
     sources: dict[str, str] = {}

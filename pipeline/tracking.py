@@ -20,14 +20,13 @@ import numpy as np
 import yaml
 
 from pipeline.dataset import RAW_FILES, Split, content_hash
+from pipeline.inference import MODEL_FILE
 
 # MLflow retries a dead server for minutes by default; fail fast instead.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 # Keep the stages' logs readable: no download progress bars.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
 # MLflow 3's UI opens an experiment on its GenAI views unless it is tagged as model training.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 DIGEST_CHARS = 32  # MLflow stores a dataset digest in at most 36 characters
@@ -90,7 +89,7 @@ def download_keras_file(model_uri: str, dest: Path) -> Path:
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"].get("keras")
     if flavor is None:
         raise ModelFileError(f"{model_uri} is not a Keras model (no keras flavor in its MLmodel)")
-    path = local / flavor.get("data", "data") / "model.keras"
+    path = local / flavor.get("data", "data") / MODEL_FILE
     if not path.is_file():
         raise ModelFileError(f"{model_uri} has no {path.relative_to(local)}")
     return path

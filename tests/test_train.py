@@ -102,6 +102,15 @@ def test_flatten_nested_params():
 def test_train_stage_with_dead_server_fails_in_seconds_and_writes_nothing(tmp_path):
     ws = copy_workspace(tmp_path)
     uri = f"http://127.0.0.1:{free_port()}"
+    outputs = [
+        "models/model.keras",
+        *(f"reports/train/{f}" for f in ("history.csv", "metrics.json", "run.json")),
+    ]
+
+    def snapshot() -> dict[str, bytes | None]:
+        return {p: (ws / p).read_bytes() if (ws / p).exists() else None for p in outputs}
+
+    before = snapshot()  # the committed baseline's metrics; no model (DVC caches it)
     cmd = [
         sys.executable, "-m", "pipeline.train", "--data", "data/prepared",
         "--sources", "data/raw/sources.json", "--model", "models/model.keras",
@@ -121,4 +130,5 @@ def test_train_stage_with_dead_server_fails_in_seconds_and_writes_nothing(tmp_pa
     assert proc.returncode != 0
     assert f"train failed: MLflow tracking server {uri} is not reachable" in proc.stderr
     assert elapsed < 60, f"took {elapsed:.0f} s (includes importing TensorFlow)"
-    assert not (ws / "models").exists() and not (ws / "reports").exists()
+    assert snapshot() == before
+    assert before["models/model.keras"] is None and before["reports/train/metrics.json"]
