@@ -398,7 +398,7 @@ def main() -> None:
     parser.add_argument(
         "--run", type=Path, default=Path("reports/train/run.json"), help="train's run id"
     )
-    parser.add_argument("--out", type=Path, default=Path("models/champion.json"))
+    parser.add_argument("--out", type=Path, default=Path("reports/register/champion.json"))
     args = parser.parse_args()
     params = load_params(args.params)
     try:

@@ -19,8 +19,8 @@ from conftest import BIN, free_port, run, start_server, stop
 
 @pytest.fixture(scope="session")
 def champion(pipeline_run: Path, pipeline_env: dict) -> dict:
-    """models/champion.json of the pipeline workspace (register run here if dvc did not)."""
-    out = pipeline_run / "models" / "champion.json"
+    """reports/register/champion.json of the pipeline workspace (register run here if dvc did not)."""
+    out = pipeline_run / "reports" / "register" / "champion.json"
     if not out.exists():
         run([str(BIN / "python"), "-m", "pipeline.register"], pipeline_run, pipeline_env)
     return json.loads(out.read_text())

@@ -142,7 +142,7 @@ def test_second_repro_retrains_nothing_and_keeps_the_champion(pipeline_run, pipe
     out = run([DVC, "repro"], pipeline_run, pipeline_env).stdout
     # register always runs (the registry is state DVC cannot see); nothing else does.
     assert re.findall(r"Running stage '(\w+)'", out) == ["register"]
-    record = json.loads((pipeline_run / "models" / "champion.json").read_text())
+    record = json.loads((pipeline_run / "reports" / "register" / "champion.json").read_text())
     assert record["decision"] == "kept" and "already the champion" in record["reason"]
     assert record["champion"]["version"] == champion["champion"]["version"]
 

@@ -114,7 +114,7 @@ def test_two_experiments_on_postgres_register_picks_the_better_validated(shared_
     best = max(runs, key=lambda r: r.data.metrics["best_val_accuracy"])
     champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
     assert champion.run_id == best.info.run_id
-    decision = json.loads((ws / "models" / "champion.json").read_text())
+    decision = json.loads((ws / "reports" / "register" / "champion.json").read_text())
     assert decision["candidate"]["run_id"] == best.info.run_id
 
 
