@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,18 +98,29 @@ def load_raw_split(raw_dir: Path, split: str) -> Split:
     return Split(x, y.astype(np.int64))
 
 
-def save_split(split: Split, path: Path) -> None:
-    """Write a split as .npz atomically (temp file + rename)."""
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Write an output file atomically: `write` fills a temporary file beside `path`, which then
+    replaces it, so a failed or interrupted stage never leaves a half-written output."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, x=split.x, y=split.y)
+        write(Path(tmp))
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs should be readable like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_split(split: Split, path: Path) -> None:
+    """Write a split as .npz atomically (temp file + rename)."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: savez would append .npz to a bare name
+            np.savez_compressed(f, x=split.x, y=split.y)
+
+    write_atomically(path, write)
 
 
 def load_split(path: Path) -> Split:

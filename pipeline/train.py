@@ -25,7 +25,7 @@ import tensorflow as tf
 from mlflow.models import infer_signature
 
 from pipeline.architecture import format_table, layer_table
-from pipeline.dataset import Split, load_split
+from pipeline.dataset import Split, load_split, write_atomically
 from pipeline.inference import file_sha256
 from pipeline.model import build_model
 from pipeline.params import IMAGE_SIZE, NUM_CLASSES, ModelParams, Params, TrainParams, load_params
@@ -192,22 +192,8 @@ def best_epoch_metrics(history: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def _publish(path: Path, write) -> None:
-    """Write a DVC output atomically (temp file + rename): a failed run leaves none half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs should be readable like any file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, record: dict) -> None:
-    _publish(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
 
 
 def run(params: Params, data_dir: Path, sources: Path, out: dict[str, Path]) -> str:
@@ -250,8 +236,8 @@ def run(params: Params, data_dir: Path, sources: Path, out: dict[str, Path]) -> 
         mlflow.set_tag("model_sha256", model_sha256)
         mlflow.log_text(history.to_csv(index=False), "train_history.csv")
         run_id = active.info.run_id
-        _publish(out["model"], lambda dest: shutil.copyfile(logged, dest))
-    _publish(out["history"], lambda dest: history.to_csv(dest, index=False))
+        write_atomically(out["model"], lambda dest: shutil.copyfile(logged, dest))
+    write_atomically(out["history"], lambda dest: history.to_csv(dest, index=False))
     _write_json(out["metrics"], metrics)
     _write_json(out["run"], {"mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id})
     print(
