@@ -87,13 +87,15 @@ def test_run_records_the_kept_epochs_validation_metrics(pipeline_run, tracked_ru
     assert tracked.data.tags["val_data_hash"] == content_hash(val)
 
 
-def test_model_file_is_the_logged_one_byte_for_byte(pipeline_run, tracked_run, mlflow_server):
+def test_model_file_is_the_logged_one_byte_for_byte(
+    pipeline_run, tracked_run, mlflow_server, tmp_path
+):
     _, tracked = tracked_run
     local = pipeline_run / "models" / "model.keras"
     assert tracked.data.tags["model_sha256"] == file_sha256(local)
     mlflow.set_tracking_uri(mlflow_server)
     uri = f"runs:/{tracked.info.run_id}/model"
-    logged = download_keras_file(uri, pipeline_run / ".pytest-download")
+    logged = download_keras_file(uri, tmp_path)
     assert file_sha256(logged) == file_sha256(local)
 
 
