@@ -37,7 +37,8 @@ format:
 lock:  ## re-resolve requirements.lock from pyproject.toml
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
-serve:  ## serve the champion model on http://localhost:3000
+serve:  ## serve the MLflow @champion on http://localhost:3000 (imported into BentoML if missing)
+	python -m pipeline.register --import-only
 	bentoml serve
 
 build:  ## package the service and the champion model as a Bento
@@ -46,7 +47,7 @@ build:  ## package the service and the champion model as a Bento
 bench-train:  ## default CNN vs the plain two-conv reference (needs `dvc repro prepare`)
 	python benchmarks/train_benchmark.py
 
-bench-serve:  ## latency/throughput of a running `bentoml serve` vs in-process and naive
+bench-serve:  ## the service vs a no-op BentoML, BentoML's batcher, mlflow models serve, runtimes
 	python benchmarks/serve_benchmark.py
 
 load-test:  ## 10,000 mixed good/bad requests at concurrency 32 against a fresh `bentoml serve`

@@ -1,80 +1,62 @@
-"""Serving benchmark: the running BentoML service against its floor and its ceiling.
+"""Serving benchmark: the service against BentoML's bound, its own batcher, the MLflow peer and
+the model's in-process ceiling, all measured in one run on this machine.
 
-Against a running server (`bentoml serve`, default http://127.0.0.1:3000) it measures p50/p95/p99
-latency and requests/s of POST /predict with one image and POST /classify with a PNG, at each
-concurrency (1, 8, 32: closed-loop clients over keep-alive connections), and /predict with a full
-request of images at concurrency 8. Beside them:
-  - ceiling: the same model in this process, batched, with no HTTP (images/s at MAX_BATCH);
-  - floor: a naive service (NaiveClassifier below) calling `model.predict` per request;
-  - HTTP bound: a no-op BentoML service (NoopClassifier below, one worker per CPU) that parses
-    the same request and returns an answer of the same size without any model: what BentoML's
-    per-request cost alone allows on this machine.
-Both reference services are started here on free ports. Prints a table with the ratios and
-writes JSON to benchmarks/results/ (git-ignored).
+Starts, one at a time on free loopback ports (nothing else should run meanwhile):
+  - the service: `bentoml serve` from the repository root, once per --workers value;
+  - no-op: a BentoML service with the same request and response types and no model, one worker
+    per CPU (NoopClassifier below): what BentoML's per-request cost alone allows;
+  - batchable: the same ONNX model behind BentoML's own adaptive batcher (`batchable=True`, one
+    worker per CPU; BatchedClassifier below), the design alternative to the in-process batching;
+  - mlflow: `mlflow models serve -m models:/<name>@champion --env-manager local`, the peer an
+    MLflow user runs, in its own request format ({"inputs": ...}).
+Each is loaded by closed-loop clients over keep-alive connections: single-image POST /predict at
+each --concurrency, and for the service also /classify with a PNG and full /predict requests.
+Then, in this process, the model's ceiling per runtime (TensorFlow `tf.function`, ONNX Runtime,
+LiteRT if installed) at batch 1, 8, 32 and 128. Prints a table with the ratios and writes JSON to
+benchmarks/results/ (git-ignored). Needs the champion in the BentoML store and MLflow (`make repro`).
 
-    bentoml serve &                      # from the repository root
-    python benchmarks/serve_benchmark.py --url http://127.0.0.1:3000
+    python benchmarks/serve_benchmark.py [--workers 1 2] [--seconds 10]
 
-The load generator shares the machine's CPUs with the server: on a small machine the numbers
-include its cost. Targets (2-core machine): /predict p50 <= 10 ms at concurrency 1; at
-concurrency 32, >= 5x the naive service's requests/s and >= 30% of the ceiling.
+The load generator shares the machine's CPUs with the servers: every number includes its cost.
+Targets (issue 9): single-image /predict at concurrency 32 >= 0.95 of the additive ideal
+1 / (1/no-op + 1/TensorFlow ceiling at batch 128); p50 at concurrency 1 <= 2x the no-op's;
+>= 25x `mlflow models serve` at concurrency 32.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
-import subprocess
+import platform
 import sys
+import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 import bentoml
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from benchmarks.load_test import png  # noqa: E402
-from benchmarks.servers import free_port, start_server, stop, wait_http  # noqa: E402
+from benchmarks.servers import free_port, start_server, stop  # noqa: E402
 from service import settings  # noqa: E402
-from service.schemas import Images, ModelRef, Predictions, predictions  # noqa: E402
+from service.schemas import Image28, Images, ModelRef, Prediction, Predictions  # noqa: E402
+from service.schemas import predictions as to_predictions  # noqa: E402
 
-TARGETS = {"p50_ms_c1": 10.0, "vs_naive_c32": 5.0, "vs_ceiling_c32": 0.30}
-
-
-@bentoml.service(name="naive_classifier", workers=1)
-class NaiveClassifier:
-    """The floor: the same model and JSON contract, `model.predict` on every request, no batching."""
-
-    bento_model = bentoml.models.BentoModel(settings.model_tag())
-
-    def __init__(self) -> None:
-        import keras
-
-        from pipeline.inference import MODEL_FILE, configure_threads
-
-        configure_threads()
-        self.model = keras.saving.load_model(self.bento_model.path_of(MODEL_FILE), compile=False)
-        labels = self.bento_model.info.labels
-        self.ref = ModelRef(
-            name=labels["mlflow_model_name"], version=labels["mlflow_model_version"]
-        )
-
-    @bentoml.api(route="/predict")
-    def predict(self, images: Images) -> Predictions:
-        proba = self.model.predict(np.asarray(images, np.uint8), verbose=0)
-        return Predictions(predictions=predictions(proba, self.ref))
+TARGETS = {"vs_additive_ideal_c32": 0.95, "p50_vs_noop_c1": 2.0, "vs_mlflow_c32": 25.0}
+BATCHES = (1, 8, 32, 128)
+CLASSES = [str(i) for i in range(10)]
 
 
 @bentoml.service(name="noop_classifier", workers=os.cpu_count() or 1)
 class NoopClassifier:
-    """The HTTP bound: the same request and response types, no model."""
+    """The framework's bound: the same request and response types, no model."""
 
     def __init__(self) -> None:
         self.ref = ModelRef(name="noop", version="0")
@@ -82,7 +64,26 @@ class NoopClassifier:
     @bentoml.api(route="/predict")
     def predict(self, images: Images) -> Predictions:
         proba = np.full((len(images), 10), 0.1, np.float32)
-        return Predictions(predictions=predictions(proba, self.ref))
+        return Predictions(predictions=to_predictions(proba, CLASSES, self.ref))
+
+
+@bentoml.service(name="batched_classifier", workers=os.cpu_count() or 1)
+class BatchedClassifier:
+    """The alternative design: BentoML's adaptive batcher in front of the same ONNX model. A
+    batchable API takes one list and answers each request with a bare JSON list."""
+
+    bento_model = bentoml.models.BentoModel(settings.model_tag())
+
+    def __init__(self) -> None:
+        from pipeline.inference import ONNX_FILE, OnnxClassifier
+
+        self.classifier = OnnxClassifier(self.bento_model.path_of(ONNX_FILE), threads=1)
+        self.ref = ModelRef(name="batched", version="0")
+
+    @bentoml.api(route="/predict", batchable=True, max_batch_size=128, max_latency_ms=1000)
+    def predict(self, images: list[Image28]) -> list[Prediction]:
+        proba = self.classifier.predict_proba(np.asarray(images, np.uint8))
+        return to_predictions(proba, CLASSES, self.ref)
 
 
 def test_images(n: int) -> np.ndarray:
@@ -155,139 +156,179 @@ async def load(
     }
 
 
-def ceiling(model_file: str, batch: int, seconds: float) -> dict:
-    """In-process throughput of the compiled model on full batches: what HTTP can at most reach."""
-    from pipeline.inference import Classifier, configure_threads
+def runtimes(model_file: Path, onnx_file: Path, workdir: Path) -> dict:
+    """predict_proba of each runtime that can run here, on the same model."""
+    from pipeline.inference import Classifier, OnnxClassifier, configure_threads
 
     configure_threads()
-    clf = Classifier.from_file(model_file)
-    images = np.resize(test_images(batch), (batch, 28, 28))
-    clf.predict_proba(images)
-    n, began = 0, time.perf_counter()
-    while time.perf_counter() - began < seconds:
-        clf.predict_proba(images)
-        n += batch
-    return {"batch": batch, "images_per_s": n / (time.perf_counter() - began)}
-
-
-def start_service(name: str, log: Path) -> tuple[subprocess.Popen, str]:
-    """`bentoml serve benchmarks.serve_benchmark:<name>` on a free port, once it is ready."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "bentoml", "serve", f"benchmarks.serve_benchmark:{name}",
-           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return start_server(cmd, ROOT, env, log, f"{url}/readyz", 180), url
-
-
-def table(results: dict) -> str:
-    naive = {r["concurrency"]: r["rps"] for r in results["naive"]["predict"]}
-    top = results["ceiling"]["images_per_s"]
-    lines = [
-        f"| {'endpoint':<16} | conc | req/s | images/s | p50 ms | p95 ms | p99 ms | errors "
-        "| x naive | % of ceiling |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    rows = [
-        *results["service"].items(),
-        ("naive /predict", results["naive"]["predict"]),
-        ("no-op /predict", results["noop"]["predict"]),
-    ]
-    for name, points in rows:
-        for r in points:
-            single = r["images_per_request"] == 1 and r["concurrency"] in naive
-            vs_naive = f"{r['rps'] / naive[r['concurrency']]:.1f}" if single else "-"
-            lines.append(
-                f"| {name:<16} | {r['concurrency']} | {r['rps']:.0f} | {r['images_per_s']:.0f} "
-                f"| {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} "
-                f"| {vs_naive} | {100 * r['images_per_s'] / top:.1f}% |"
-            )
-    lines.append(
-        f"| ceiling: in-process, batch {results['ceiling']['batch']} | | | {top:.0f} "
-        "| | | | | | 100% |"
-    )
-    return "\n".join(lines)
-
-
-def verdict(results: dict) -> dict:
-    predict = {r["concurrency"]: r for r in results["service"]["/predict"]}
-    naive = {r["concurrency"]: r for r in results["naive"]["predict"]}
-    noop = {r["concurrency"]: r for r in results["noop"]["predict"]}
-    low, top = min(predict), max(predict)  # 1 and 32 by default
-    ceiling_ips = results["ceiling"]["images_per_s"]
-    measured = {
-        "p50_ms_c1": predict[low]["p50_ms"],
-        "vs_naive_c32": predict[top]["rps"] / naive[top]["rps"],
-        "vs_ceiling_c32": predict[top]["rps"] / ceiling_ips,
+    found = {
+        "tensorflow": Classifier.from_file(model_file).predict_proba,
+        "onnxruntime": OnnxClassifier(onnx_file).predict_proba,
+        "onnxruntime, 1 thread": OnnxClassifier(onnx_file, threads=1).predict_proba,
     }
-    met = {
-        "p50_ms_c1": measured["p50_ms_c1"] <= TARGETS["p50_ms_c1"],
-        "vs_naive_c32": measured["vs_naive_c32"] >= TARGETS["vs_naive_c32"],
-        "vs_ceiling_c32": measured["vs_ceiling_c32"] >= TARGETS["vs_ceiling_c32"],
-    }
-    # Context, not targets: how far HTTP alone gets, and how much of that the service keeps.
-    bound = {
-        "noop_vs_ceiling_c32": noop[top]["rps"] / ceiling_ips,
-        "service_vs_noop_c32": predict[top]["rps"] / noop[top]["rps"],
-    }
-    return {"targets": TARGETS, "measured": measured, "met": met, "http_bound": bound}
+    try:
+        found["litert"] = litert(model_file, workdir)
+    except ImportError as err:
+        print(f"LiteRT not measured: {err}")
+    return found
+
+
+def litert(model_file: Path, workdir: Path):
+    """The Keras model converted to LiteRT (TFLite, XNNPACK delegate), one interpreter."""
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = keras.saving.load_model(model_file, compile=False)
+    path = workdir / "model.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    interpreter = Interpreter(str(path), num_threads=len(os.sched_getaffinity(0)))
+    inp = interpreter.get_input_details()[0]["index"]
+    out = interpreter.get_output_details()[0]["index"]
+    shape: list[int] = []
+
+    def predict_proba(images: np.ndarray) -> np.ndarray:
+        if shape != [len(images)]:
+            interpreter.resize_tensor_input(inp, [len(images), 28, 28])
+            interpreter.allocate_tensors()
+            shape[:] = [len(images)]
+        interpreter.set_tensor(inp, images)
+        interpreter.invoke()
+        return interpreter.get_tensor(out).copy()
+
+    return predict_proba
+
+
+def ceilings(found: dict, seconds: float) -> dict:
+    """Images/s of each runtime on repeated full batches, and parity with TensorFlow."""
+    images = np.resize(test_images(1024), (1024, 28, 28))
+    reference = found["tensorflow"](images[:512])
+    result = {}
+    for name, predict in found.items():
+        proba = np.concatenate([predict(images[i : i + 128]) for i in range(0, 512, 128)])
+        row = {
+            "class_mismatches_vs_tensorflow": int((proba.argmax(1) != reference.argmax(1)).sum()),
+            "max_probability_diff_vs_tensorflow": float(np.abs(proba - reference).max()),
+        }
+        for batch in BATCHES:
+            predict(images[:batch])
+            n, calls, began = 0, 0, time.perf_counter()
+            while time.perf_counter() - began < seconds:
+                predict(images[(calls * batch) % 896 :][:batch])
+                n, calls = n + batch, calls + 1
+            elapsed = time.perf_counter() - began
+            row[f"batch_{batch}"] = {
+                "images_per_s": n / elapsed,
+                "ms_per_call": 1e3 * elapsed / calls,
+            }
+        result[name] = row
+        print(f"ceiling {name}: " + ", ".join(
+            f"b{b} {row[f'batch_{b}']['images_per_s']:.0f}/s" for b in BATCHES))  # fmt: skip
+    return result
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:3000", help="the running service")
+    parser.add_argument("--workers", nargs="+", default=["1", "2"], help="serve.workers values")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per point")
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--ceiling-seconds", type=float, default=3.0)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["batchable", "mlflow"])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-
-    wait_http(f"{args.url}/readyz", None, 30)
-    with urllib.request.urlopen(f"{args.url}/metadata") as resp:
-        meta = json.load(resp)
-    pixels = test_images(1)[0]
-    predict_body = json.dumps({"images": [pixels.tolist()]}).encode()
-    png_body, png_type = multipart("image", "item.png", png(pixels), "image/png")
-    results: dict = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "metadata": meta,
-                     "cpus": os.cpu_count(), "seconds": args.seconds}  # fmt: skip
-
-    from service.service import MAX_BATCH
-
-    model_file = bentoml.models.get(meta["bento_model"]).path_of("model.keras")
-    results["ceiling"] = ceiling(model_file, MAX_BATCH, args.seconds)
-    print(f"ceiling: {results['ceiling']['images_per_s']:.0f} images/s", flush=True)
-    batch = test_images(meta["limits"]["max_images_per_request"])
-    batch_body = json.dumps({"images": batch.tolist()}).encode()
-    # TensorFlow left ~10^6 objects in this process: full garbage collections would pause the
-    # load generator for 100+ ms and show up as server latency. Exempt them.
-    gc.collect()
-    gc.freeze()
-
-    def measure(rows: list, url: str, body: bytes, ctype: str, c: int, images: int = 1) -> None:
-        rows.append(asyncio.run(load(url, body, ctype, c, args.seconds, args.warmup, images)))
-        print(
-            f"{url} x{images} c={c}: {rows[-1]['rps']:.0f} req/s, p50 {rows[-1]['p50_ms']:.1f} ms"
-        )
-
-    # Lowest concurrency first for both endpoints: BentoML's batcher learns how long to wait
-    # for company from recent traffic, and keeps waiting longer for a while after heavy load.
-    service = results["service"] = {"/predict": [], "/classify": [], f"/predict x{len(batch)}": []}
-    for c in args.concurrency:
-        measure(service["/predict"], f"{args.url}/predict", predict_body, "application/json", c)
-        measure(service["/classify"], f"{args.url}/classify", png_body, png_type, c)
-    measure(service[f"/predict x{len(batch)}"], f"{args.url}/predict", batch_body,
-            "application/json", 8, len(batch))  # fmt: skip
-
     args.out.mkdir(parents=True, exist_ok=True)
-    for key, name in (("naive", "NaiveClassifier"), ("noop", "NoopClassifier")):
-        proc, url = start_service(name, args.out / f"{key}.log")
-        try:
-            results[key] = {"predict": []}
-            for c in args.concurrency:
-                measure(results[key]["predict"], f"{url}/predict", predict_body,
-                        "application/json", c)  # fmt: skip
-        finally:
-            stop(proc)
+
+    from pipeline.params import load_params
+    from pipeline.tracking import tracking_uri
+
+    params = load_params(ROOT / "params.yaml")
+    model = bentoml.models.get(settings.model_tag())
+    pixels = test_images(1)[0]
+    full = test_images(params.serve.max_images_per_request)
+    predict_body = json.dumps({"images": [pixels.tolist()]}).encode()
+    full_body = json.dumps({"images": full.tolist()}).encode()
+    png_body, png_type = multipart("image", "item.png", png(pixels), "image/png")
+    results: dict = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "bento_model": str(model.tag),
+        "mlflow_model_version": model.info.labels.get("mlflow_model_version"),
+        "seconds": args.seconds,
+        "servers": {},
+    }
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_TRACKING_URI": tracking_uri()}
+
+    def measure(server: str, name: str, url: str, body: bytes, ctype: str, c: int, n=1) -> None:
+        row = asyncio.run(load(url, body, ctype, c, args.seconds, args.warmup, n))
+        results["servers"].setdefault(server, {}).setdefault(name, []).append(row)
+        print(f"{server} {name} c={c}: {row['rps']:.0f} req/s, p50 {row['p50_ms']:.2f} ms, "
+              f"{row['errors']} errors", flush=True)  # fmt: skip
+
+    def serve(cmd: list[str], name: str, health: str, extra_env: dict | None = None):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [c.replace("{port}", str(port)) for c in cmd]
+        began = time.perf_counter()
+        proc = start_server(cmd, ROOT, {**env, **(extra_env or {})}, args.out / f"{name}.log",
+                            f"{url}{health}", 300)  # fmt: skip
+        results.setdefault("ready_s", {})[name] = time.perf_counter() - began
+        return proc, url
+
+    bentoml_cmd = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", "{port}"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in args.workers:
+            raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+            raw["serve"]["workers"] = workers if workers == "cpu_count" else int(workers)
+            custom = Path(tmp) / f"params-{workers}.yaml"
+            custom.write_text(yaml.safe_dump(raw))
+            name = f"service, {workers} worker(s)"
+            proc, url = serve(bentoml_cmd, name, "/readyz", {"FASHION_MNIST_PARAMS": str(custom)})
+            try:
+                for c in args.concurrency:
+                    measure(name, "/predict", f"{url}/predict", predict_body, "application/json", c)
+                for c in args.concurrency:
+                    measure(name, "/classify", f"{url}/classify", png_body, png_type, c)
+                measure(name, f"/predict x{len(full)}", f"{url}/predict", full_body,
+                        "application/json", 8, len(full))  # fmt: skip
+            finally:
+                stop(proc)
+        peers = [("no-op", "NoopClassifier", "/readyz")]
+        if "batchable" not in args.skip:
+            peers.append(("batchable", "BatchedClassifier", "/readyz"))
+        for name, cls, health in peers:
+            proc, url = serve([*bentoml_cmd, f"benchmarks.serve_benchmark:{cls}"], name, health)
+            try:
+                for c in args.concurrency:
+                    measure(name, "/predict", f"{url}/predict", predict_body, "application/json", c)
+            finally:
+                stop(proc)
+        if "mlflow" not in args.skip:
+            name = params.mlflow.registered_model_name
+            cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+                   f"models:/{name}@champion", "--env-manager", "local", "--host", "127.0.0.1",
+                   "-p", "{port}"]  # fmt: skip
+            proc, url = serve(cmd, "mlflow", "/ping")
+            body = json.dumps({"inputs": [pixels.tolist()]}).encode()
+            try:
+                for c in args.concurrency:
+                    measure("mlflow", "/invocations", f"{url}/invocations", body,
+                            "application/json", c)  # fmt: skip
+            finally:
+                stop(proc)
+        # Last: TensorFlow's objects would otherwise slow this process's load generator.
+        found = runtimes(
+            Path(model.path_of("model.keras")), Path(model.path_of("model.onnx")), Path(tmp)
+        )
+        results["ceilings"] = ceilings(found, args.ceiling_seconds)
 
     results["verdict"] = verdict(results)
     print()
@@ -296,6 +337,63 @@ def main() -> None:
     out = args.out / f"serve-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def at(rows: list[dict], c: int) -> dict:
+    return next(r for r in rows if r["concurrency"] == c)
+
+
+def verdict(results: dict) -> dict:
+    servers = results["servers"]
+    low, top = 1, 32
+    noop = servers["no-op"]["/predict"]
+    tf_ceiling = results["ceilings"]["tensorflow"]["batch_128"]["images_per_s"]
+    ideal = 1 / (1 / at(noop, top)["rps"] + 1 / tf_ceiling)
+    out = {"targets": TARGETS, "additive_ideal_c32": ideal, "by_server": {}}
+    for name, rows in servers.items():
+        if not name.startswith("service"):
+            continue
+        predict = rows["/predict"]
+        measured = {
+            "vs_additive_ideal_c32": at(predict, top)["rps"] / ideal,
+            "p50_vs_noop_c1": at(predict, low)["p50_ms"] / at(noop, low)["p50_ms"],
+        }
+        if "mlflow" in servers:
+            measured["vs_mlflow_c32"] = at(predict, top)["rps"] / at(servers["mlflow"]["/invocations"], top)["rps"]  # fmt: skip
+        met = {
+            k: (v <= TARGETS[k]) if k.startswith("p50") else (v >= TARGETS[k])
+            for k, v in measured.items()
+        }
+        out["by_server"][name] = {"measured": measured, "met": met}
+    return out
+
+
+def table(results: dict) -> str:
+    noop = {r["concurrency"]: r for r in results["servers"]["no-op"]["/predict"]}
+    lines = [
+        f"CPU: {results['cpu']} ({results['cpus']} CPUs); model {results['bento_model']}",
+        "| server | endpoint | conc | req/s | images/s | p50 ms | p99 ms | errors | x no-op req/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for server, endpoints in results["servers"].items():
+        for endpoint, rows in endpoints.items():
+            for r in rows:
+                single = r["images_per_request"] == 1 and r["concurrency"] in noop
+                ratio = f"{r['rps'] / noop[r['concurrency']]['rps']:.2f}" if single else "-"
+                lines.append(
+                    f"| {server} | {endpoint} | {r['concurrency']} | {r['rps']:.0f} "
+                    f"| {r['images_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                    f"| {r['errors']} | {ratio} |"
+                )
+    lines += ["", "| runtime (in-process) | " + " | ".join(f"batch {b} images/s (ms/call)" for b in BATCHES)
+              + " | class mismatches vs TF | max prob diff |",
+              "|---|" + "---:|" * (len(BATCHES) + 2)]  # fmt: skip
+    for name, row in results["ceilings"].items():
+        cells = [f"{row[f'batch_{b}']['images_per_s']:.0f} ({row[f'batch_{b}']['ms_per_call']:.2f})" for b in BATCHES]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['class_mismatches_vs_tensorflow']} "
+                     f"| {row['max_probability_diff_vs_tensorflow']:.1e} |")  # fmt: skip
+    lines += ["", "ready (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["ready_s"].items())]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

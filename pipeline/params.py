@@ -102,13 +102,14 @@ class MlflowParams(_Strict):
 class RegisterParams(_Strict):
     min_accuracy: float = Field(ge=0.0, le=1.0)
     max_regression: float = Field(ge=0.0, le=1.0)
-    bento_model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    parity_samples: int = Field(ge=1)
 
 
 class ServeParams(_Strict):
+    bento_model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     max_images_per_request: int = Field(ge=1)
     max_upload_bytes: int = Field(ge=1)
+    # API worker processes, each with the model (README, "Serving runtime"); "cpu_count": one per CPU.
+    workers: Annotated[int, Field(ge=1)] | Literal["cpu_count"]
 
 
 class Params(_Strict):
@@ -126,10 +127,11 @@ class Params(_Strict):
         return self.register_
 
 
-def _describe(err: ValidationError, source: str) -> str:
+def _describe(err: ValidationError, source: str, section: str = "") -> str:
     lines = [f"{source}: invalid parameters"]
     for e in err.errors():
-        key = ".".join(str(part) for part in e["loc"]) or "(top level)"
+        loc = (section, *e["loc"]) if section else e["loc"]
+        key = ".".join(str(part) for part in loc) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -147,13 +149,26 @@ def parse_params(raw: object, source: str = "params.yaml") -> Params:
         raise ParamsError(_describe(err, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; raises ParamsError naming every bad key."""
-    path = Path(path)
+def _read(path: Path) -> object:
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as err:
         raise ParamsError(f"{path}: cannot read ({err.strerror})") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, str(path))
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raises ParamsError naming every bad key."""
+    return parse_params(_read(Path(path)), str(path))
+
+
+def load_serve_params(path: str | Path = "params.yaml") -> ServeParams:
+    """Only the `serve` section, validated like load_params does: all the service reads."""
+    raw = _read(Path(path))
+    if not isinstance(raw, dict) or "serve" not in raw:
+        raise ParamsError(f"{path}: invalid parameters\n  serve: missing key")
+    try:
+        return ServeParams.model_validate(raw["serve"])
+    except ValidationError as err:
+        raise ParamsError(_describe(err, str(path), "serve")) from None

@@ -8,13 +8,18 @@ Choosing uses validation data only; test accuracy is carried along and reported,
   current champion's by more than `register.max_regression` (with no champion, only the floor).
   A champion validated on other data is first re-measured on this validation split.
 - Integrity: the candidate's logged model file must have the SHA-256 its run recorded (the file
-  `evaluate` scored) and reproduce evaluate's predictions on the first `register.parity_samples`
-  test images through pipeline/inference.py, the path the service uses.
+  `evaluate` scored). It is exported to ONNX, the service's runtime (pipeline/export.py), and both
+  runtimes must reproduce evaluate's predictions on every test image: the same class, with
+  probabilities within 1e-4 (pipeline/inference.py).
 
-Promotion registers a model version (with a model card as its description), imports that version
-into the BentoML model store and moves the `champion` alias, in that order, checking at each step
-that the bytes are still the same; a candidate that fails anywhere leaves the old champion
-untouched in both stores. The decision and why go to champion.json.
+Promotion registers a model version (with a model card as its description), logs the checked ONNX
+file to the run, imports both files into the BentoML model store and moves the `champion` alias,
+in that order, checking at each step that the bytes are still the same; a candidate that fails
+anywhere leaves the old champion untouched in both stores. The decision and why go to
+champion.json. Whatever was decided, the local BentoML store ends up serving the `@champion`
+(`<serve.bento_model_name>:latest`): on a teammate's machine that shares the MLflow server, the
+champion is imported from MLflow; `python -m pipeline.register --import-only` does just that
+(`make serve` runs it).
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from pipeline.dataset import CLASS_NAMES, Split, content_hash, load_split
-from pipeline.inference import MODEL_FILE, Classifier, file_sha256
+from pipeline.export import export_onnx
+from pipeline.inference import MODEL_FILE, ONNX_FILE, Classifier, OnnxClassifier, file_sha256
 from pipeline.params import Params, RegisterParams, load_params
 from pipeline.tracking import (
     ModelFileError,
@@ -46,7 +52,10 @@ from pipeline.tracking import (
 )
 
 ALIAS = "champion"
-CONFIDENCE_TOLERANCE = 1e-4  # predictions.csv keeps 6 decimals; graph vs eager differ by ~1e-7
+# predictions.csv keeps 6 decimals; TensorFlow's graph vs eager differ by ~1e-7, ONNX Runtime's
+# kernels from TensorFlow's by ~1e-6.
+PROBABILITY_TOLERANCE = 1e-4
+ONNX_ARTIFACT = f"onnx/{ONNX_FILE}"  # where promotion logs the checked export in the run
 
 
 class RegisterError(RuntimeError):
@@ -99,7 +108,9 @@ def current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
     try:
         return client.get_model_version_by_alias(name, ALIAS)
     except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+        # No such model: RESOURCE_DOES_NOT_EXIST; a model whose alias was removed (a rollback
+        # to "no champion"): INVALID_PARAMETER_VALUE "...alias champion not found".
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in err.message:
             return None
         raise
 
@@ -155,6 +166,7 @@ def champion_summary(client: MlflowClient, version: ModelVersion) -> dict[str, A
         "test_accuracy": number("test_accuracy"),
         "val_data_hash": tags.get("val_data_hash", "unknown"),
         "model_sha256": tags.get("model_sha256", "unknown"),
+        "onnx_sha256": tags.get("onnx_sha256", "unknown"),
         "git_commit": tags.get("git_commit", "unknown"),
         "data_hash": tags.get("data_hash", "unknown"),
         "bento_model": tags.get("bento_model"),
@@ -180,27 +192,38 @@ def checked_download(model_uri: str, expected_sha256: str, dest: Path) -> Path:
 
 
 def parity_check(
-    model_file: Path, predictions: pd.DataFrame, test: Split, samples: int
+    model_file: Path, onnx_file: Path, predictions: pd.DataFrame, test: Split
 ) -> dict[str, Any]:
-    """Predict the first `samples` test images as the service does; they must match evaluate's."""
-    n = min(samples, len(test), len(predictions))
-    expected = predictions.sort_values("index").iloc[:n]
-    if not (expected["actual"].to_numpy() == np.array(CLASS_NAMES)[test.y[:n]]).all():
+    """Both runtimes on every test image: they must give evaluate's classes and confidences."""
+    expected = predictions.sort_values("index")
+    if (
+        len(expected) != len(test)
+        or not (expected["actual"].to_numpy() == np.array(CLASS_NAMES)[test.y]).all()
+    ):
         raise RegisterError(
             "parity: predictions.csv was evaluated on other test data (labels differ)"
         )
-    proba = Classifier.from_file(model_file).predict_proba(test.x[:n])
-    predicted = proba.argmax(axis=1)
-    mismatched = np.flatnonzero(predicted != expected["predicted_id"].to_numpy())
-    if mismatched.size:
-        raise RegisterError(
-            f"parity: {mismatched.size} of {n} test images get another class than in evaluate "
-            f"(first: image {int(mismatched[0])})"
-        )
-    diff = float(np.abs(proba.max(axis=1) - expected["confidence"].to_numpy()).max()) if n else 0.0
-    if diff > CONFIDENCE_TOLERANCE:
-        raise RegisterError(f"parity: confidences differ from evaluate's by up to {diff:.2e}")
-    return {"samples": n, "max_confidence_diff": diff}
+    keras_proba = Classifier.from_file(model_file).predict_proba(test.x)
+    onnx_proba = OnnxClassifier(onnx_file).predict_proba(test.x)
+    record: dict[str, Any] = {"samples": len(test)}
+    for runtime, proba in (("keras", keras_proba), ("onnx", onnx_proba)):
+        mismatched = np.flatnonzero(proba.argmax(axis=1) != expected["predicted_id"].to_numpy())
+        if mismatched.size:
+            raise RegisterError(
+                f"parity: {runtime} gives {mismatched.size} of {len(test)} test images another "
+                f"class than evaluate did (first: image {int(mismatched[0])})"
+            )
+        diff = float(np.abs(proba.max(axis=1) - expected["confidence"].to_numpy()).max())
+        if diff > PROBABILITY_TOLERANCE:
+            raise RegisterError(
+                f"parity: {runtime} confidences differ from evaluate's by up to {diff:.2e}"
+            )
+        record[f"{runtime}_max_confidence_diff"] = diff
+    diff = float(np.abs(onnx_proba - keras_proba).max())
+    if diff > PROBABILITY_TOLERANCE:
+        raise RegisterError(f"parity: ONNX and Keras probabilities differ by up to {diff:.2e}")
+    record["onnx_vs_keras_max_probability_diff"] = diff
+    return record
 
 
 def run_artifact(run_id: str, path: str, dest: Path) -> Path:
@@ -248,15 +271,18 @@ def promote(
     params: Params,
     candidate: dict[str, Any],
     run: Run,
-    model_file: Path,
+    files: tuple[Path, Path],
     workdir: Path,
 ) -> dict[str, Any]:
-    """Register a version, import it into BentoML, then move the alias. Undone on failure."""
+    """Register a version, log its ONNX export, import both into BentoML, then move the alias.
+    Undone on failure. `files`: the checked .keras file and its parity-checked ONNX export."""
     import bentoml
 
+    onnx_file = files[1]
     name = params.mlflow.registered_model_name
     keys = ("run_id", "val_accuracy", "test_accuracy", "val_data_hash", "model_sha256")
     lineage = {k: str(candidate[k]) for k in (*keys, "git_commit", "data_hash")}
+    lineage["onnx_sha256"] = file_sha256(onnx_file)
     version = mlflow.register_model(candidate["model_uri"], name, tags=lineage)
     bento_tag = None
     try:
@@ -264,6 +290,8 @@ def promote(
         checked_download(
             f"models:/{name}/{version.version}", candidate["model_sha256"], workdir / "registered"
         )
+        client.log_artifact(candidate["run_id"], str(onnx_file), Path(ONNX_ARTIFACT).parent.name)
+        checked_onnx_download(candidate["run_id"], lineage["onnx_sha256"], workdir / "logged")
         card = model_card(candidate, run, version.version, name, workdir / "card")
         client.update_model_version(name, version.version, description=card)
         client.update_registered_model(
@@ -272,30 +300,8 @@ def promote(
             f"`@{ALIAS}` is the version `register` promoted (chosen on validation accuracy).\n\n"
             f"Latest promoted: version {version.version}.\n\n{card}",
         )
-        labels = {
-            "mlflow_model_name": name,
-            "mlflow_model_version": str(version.version),
-            "mlflow_run_id": candidate["run_id"],
-            "val_accuracy": f"{candidate['val_accuracy']:.4f}",
-            "test_accuracy": f"{candidate['test_accuracy']:.4f}",
-            "model_sha256": candidate["model_sha256"],
-            "git_commit": candidate["git_commit"],
-            "data_hash": candidate["data_hash"],
-        }
-        metadata = {
-            **labels,
-            "val_accuracy": float(candidate["val_accuracy"]),
-            "test_accuracy": float(candidate["test_accuracy"]),
-            "class_names": list(CLASS_NAMES),
-            "model_file": MODEL_FILE,
-        }
-        with bentoml.models.create(
-            params.register.bento_model_name, labels=labels, metadata=metadata
-        ) as bm:
-            shutil.copyfile(model_file, bm.path_of(MODEL_FILE))
-            if file_sha256(bm.path_of(MODEL_FILE)) != candidate["model_sha256"]:
-                raise RegisterError(f"the copy in the BentoML store differs from {model_file}")
-        bento_tag = str(bm.tag)
+        summary = champion_summary(client, client.get_model_version(name, version.version))
+        bento_tag = save_to_bentoml(params.serve.bento_model_name, summary, files)
         client.set_model_version_tag(name, version.version, "bento_model", bento_tag)
         client.set_registered_model_alias(name, ALIAS, version.version)
     except BaseException:
@@ -306,12 +312,104 @@ def promote(
     return champion_summary(client, client.get_model_version(name, version.version))
 
 
+def checked_onnx_download(run_id: str, expected_sha256: str, dest: Path) -> Path:
+    """The ONNX export logged to a run at promotion, refused unless it has the expected SHA-256."""
+    path = run_artifact(run_id, ONNX_ARTIFACT, dest)
+    if file_sha256(path) != expected_sha256:
+        raise RegisterError(f"run {run_id}: {ONNX_ARTIFACT} is not the export register checked")
+    return path
+
+
+def save_to_bentoml(bento_name: str, champion: dict[str, Any], files: tuple[Path, Path]) -> str:
+    """A new BentoML model (it becomes `<bento_name>:latest`) holding the champion's .keras file,
+    its ONNX export and its identity as labels; returns its tag."""
+    import bentoml
+
+    labels = {
+        "mlflow_model_name": champion["model_name"],
+        "mlflow_model_version": champion["version"],
+        "mlflow_run_id": champion["run_id"],
+        "val_accuracy": f"{champion['val_accuracy']:.4f}",
+        "test_accuracy": f"{champion['test_accuracy']:.4f}",
+        "model_sha256": champion["model_sha256"],
+        "onnx_sha256": champion["onnx_sha256"],
+        "git_commit": champion["git_commit"],
+        "data_hash": champion["data_hash"],
+    }
+    metadata = {
+        "val_accuracy": float(champion["val_accuracy"]),
+        "test_accuracy": float(champion["test_accuracy"]),
+        "class_names": list(CLASS_NAMES),
+        "model_file": MODEL_FILE,
+        "onnx_file": ONNX_FILE,
+    }
+    with bentoml.models.create(bento_name, labels=labels, metadata=metadata) as bm:
+        for path, name in zip(files, (MODEL_FILE, ONNX_FILE), strict=True):
+            shutil.copyfile(path, bm.path_of(name))
+        for name, key in ((MODEL_FILE, "model_sha256"), (ONNX_FILE, "onnx_sha256")):
+            if file_sha256(bm.path_of(name)) != labels[key]:
+                raise RegisterError(f"the copy of {name} in the BentoML store differs")
+    return str(bm.tag)
+
+
+def sync_bentoml_store(client: MlflowClient, params: Params, workdir: Path) -> str | None:
+    """Make the local BentoML store's `<serve.bento_model_name>:latest` the MLflow `@champion`,
+    importing it (hash-checked) when it is missing, e.g. on a teammate's machine; its tag."""
+    import bentoml
+
+    version = current_champion(client, params.mlflow.registered_model_name)
+    if version is None:
+        return None
+    champion = champion_summary(client, version)
+    try:
+        latest = bentoml.models.get(f"{params.serve.bento_model_name}:latest")
+    except bentoml.exceptions.NotFound:
+        latest = None
+    identity = ("mlflow_model_name", "mlflow_model_version", "model_sha256", "onnx_sha256")
+    wanted = dict(zip(identity, (champion["model_name"], champion["version"],
+                                 champion["model_sha256"], champion["onnx_sha256"]), strict=True))  # fmt: skip
+    if latest is not None and all(latest.info.labels.get(k) == v for k, v in wanted.items()):
+        return str(latest.tag)
+    if champion["onnx_sha256"] == "unknown":
+        raise RegisterError(
+            f"champion {champion['model_name']} v{champion['version']} has no ONNX export "
+            "(promoted by an older register): promote a new run to serve it"
+        )
+    uri = f"models:/{champion['model_name']}/{champion['version']}"
+    files = (
+        checked_download(uri, champion["model_sha256"], workdir / "import"),
+        checked_onnx_download(champion["run_id"], champion["onnx_sha256"], workdir / "import"),
+    )
+    tag = save_to_bentoml(params.serve.bento_model_name, champion, files)
+    print(f"register: imported the champion ({uri}) into the BentoML store as {tag}")
+    return tag
+
+
 def run(
     params: Params, metrics_path: Path, predictions_path: Path, data_dir: Path, run_path: Path
 ) -> dict[str, Any]:
-    """Decide (and promote if warranted); returns the record written to champion.json."""
+    """Decide (and promote if warranted), then make the local BentoML store serve the champion;
+    returns the record written to champion.json."""
     experiment_id = use_experiment(params.mlflow.experiment_name)
     client = MlflowClient()
+    with tempfile.TemporaryDirectory(prefix="register-") as tmp:
+        record = choose(
+            client, params, experiment_id, (metrics_path, predictions_path, data_dir, run_path),
+            Path(tmp),
+        )  # fmt: skip
+        record["served"] = sync_bentoml_store(client, params, Path(tmp) / "sync")
+    return record
+
+
+def choose(
+    client: MlflowClient,
+    params: Params,
+    experiment_id: str,
+    inputs: tuple[Path, Path, Path, Path],
+    workdir: Path,
+) -> dict[str, Any]:
+    """The decision record; promotes the best validated run if it passes the gate and parity."""
+    metrics_path, predictions_path, data_dir, run_path = inputs
     pipeline_run = {
         "run_id": json.loads(run_path.read_text())["mlflow_run_id"],
         "test_accuracy": json.loads(metrics_path.read_text())["test_accuracy"],
@@ -342,49 +440,51 @@ def run(
     if champion and champion["run_id"] == candidate["run_id"]:
         record["reason"] = f"the best run is already the champion (version {champion['version']})"
         return record
-    with tempfile.TemporaryDirectory(prefix="register-") as tmp:
-        workdir = Path(tmp)
-        champion_acc = None
-        if champion is not None:
-            champion_acc = champion["val_accuracy"]
-            if champion["val_data_hash"] != val_data_hash or champion_acc is None:
-                # Validated on other data: measure it on the candidate's validation split.
-                uri = f"models:/{champion['model_name']}/{champion['version']}"
-                champion_acc = accuracy(download_keras_file(uri, workdir / "champion"), val)
-                record["champion_remeasured"] = {
-                    "reason": "the champion was validated on other data "
-                    f"(val_data_hash {champion['val_data_hash'][:12]}, "
-                    f"this split {val_data_hash[:12]})",
-                    "val_accuracy_before": champion["val_accuracy"],
-                    "val_accuracy": champion_acc,
-                    "val_data_hash": val_data_hash,
-                }
-        promote_it, record["reason"] = decide(
-            candidate["val_accuracy"], champion_acc, params.register
+    champion_acc = None
+    if champion is not None:
+        champion_acc = champion["val_accuracy"]
+        if champion["val_data_hash"] != val_data_hash or champion_acc is None:
+            # Validated on other data: measure it on the candidate's validation split.
+            uri = f"models:/{champion['model_name']}/{champion['version']}"
+            champion_acc = accuracy(download_keras_file(uri, workdir / "champion"), val)
+            record["champion_remeasured"] = {
+                "reason": "the champion was validated on other data "
+                f"(val_data_hash {champion['val_data_hash'][:12]}, "
+                f"this split {val_data_hash[:12]})",
+                "val_accuracy_before": champion["val_accuracy"],
+                "val_accuracy": champion_acc,
+                "val_data_hash": val_data_hash,
+            }
+    promote_it, record["reason"] = decide(candidate["val_accuracy"], champion_acc, params.register)
+    if not promote_it:
+        return record
+    model_file = checked_download(
+        candidate["model_uri"], candidate["model_sha256"], workdir / "candidate"
+    )
+    if candidate["run_id"] == pipeline_run["run_id"]:
+        if abs(pipeline_run["test_accuracy"] - candidate["test_accuracy"]) > 1e-9:
+            raise RegisterError(
+                f"{metrics_path} disagrees with MLflow on run {candidate['run_id']}"
+            )
+        predictions = pd.read_csv(predictions_path)
+    else:  # an older run: evaluate logged its predictions to that run
+        predictions = pd.read_csv(
+            run_artifact(candidate["run_id"], "evaluation/predictions.csv", workdir)
         )
-        if not promote_it:
-            return record
-        model_file = checked_download(
-            candidate["model_uri"], candidate["model_sha256"], workdir / "candidate"
-        )
-        if candidate["run_id"] == pipeline_run["run_id"]:
-            if abs(pipeline_run["test_accuracy"] - candidate["test_accuracy"]) > 1e-9:
-                raise RegisterError(
-                    f"{metrics_path} disagrees with MLflow on run {candidate['run_id']}"
-                )
-            predictions = pd.read_csv(predictions_path)
-        else:  # an older run: evaluate logged its predictions to that run
-            path = run_artifact(candidate["run_id"], "evaluation/predictions.csv", workdir)
-            predictions = pd.read_csv(path)
-        record["parity"] = parity_check(
-            model_file,
-            predictions,
-            load_split(data_dir / "test.npz"),
-            params.register.parity_samples,
-        )
-        record["champion"] = promote(client, params, candidate, best, model_file, workdir)
+    onnx_file = export_onnx(model_file, workdir / ONNX_FILE)
+    record["parity"] = parity_check(
+        model_file, onnx_file, predictions, load_split(data_dir / "test.npz")
+    )
+    record["champion"] = promote(client, params, candidate, best, (model_file, onnx_file), workdir)
     record["decision"] = "promoted"
     return record
+
+
+def import_champion(params: Params) -> str | None:
+    """`--import-only`: the local BentoML store serves the MLflow @champion; decide nothing."""
+    use_experiment(params.mlflow.experiment_name)  # checks the tracking server answers
+    with tempfile.TemporaryDirectory(prefix="register-") as tmp:
+        return sync_bentoml_store(MlflowClient(), params, Path(tmp))
 
 
 def main() -> None:
@@ -399,9 +499,18 @@ def main() -> None:
         "--run", type=Path, default=Path("reports/train/run.json"), help="train's run id"
     )
     parser.add_argument("--out", type=Path, default=Path("reports/register/champion.json"))
+    parser.add_argument(
+        "--import-only",
+        action="store_true",
+        help="only bring the MLflow @champion into the local BentoML store (for `make serve`)",
+    )
     args = parser.parse_args()
     params = load_params(args.params)
     try:
+        if args.import_only:
+            served = import_champion(params)
+            print(f"register: serving {served or 'nothing: there is no @champion yet'}")
+            return
         record = run(params, args.metrics, args.predictions, args.data, args.run)
     except (TrackingUnavailable, RegisterError, ModelFileError) as err:
         sys.exit(f"register failed: {err}")
@@ -414,6 +523,7 @@ def main() -> None:
         else "none"
     )
     print(f"register: {record['decision']}: {record['reason']}\nchampion: {where}")
+    print(f"BentoML store serves: {record['served']}")
 
 
 if __name__ == "__main__":

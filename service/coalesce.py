@@ -1,11 +1,11 @@
-"""Coalesce concurrent requests in the API process into fewer calls to the model service.
+"""Batch the concurrent requests of one worker process into model calls, in-process.
 
-BentoML's adaptive batcher merges calls inside the model service, but every call still reaches
-it as its own HTTP request, and on a 2-core machine that per-call cost (~1 ms of CPU), not the
-model, caps throughput. A Coalescer sends the images waiting in this process as one call as soon
-as one of its `max_in_flight` call slots is free. A lone request is sent at once (no added
-latency); under load, the requests that arrive while calls are in flight go out together. The
-model service's batcher still merges these calls across API workers.
+A Coalescer sends the images waiting in this process as one call as soon as one of its
+`max_in_flight` call slots is free: a lone request is sent at once (nothing is held back to wait
+for company), and the requests that arrive while a call runs go out together in the next one.
+Unlike BentoML's adaptive batcher (`batchable=True`) it keeps each endpoint's own request and
+response types, never sheds load with a 503, and needs no learned waiting time (README,
+"Serving design" has the measurements).
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ class RequestGuard:
             raise InputError(
                 415, f"POST {path} takes {expected.decode()}, got {got}: {HINTS[path]}"
             )
-        body = await read_body(headers, receive, settings.params().serve.max_upload_bytes)
+        body = await read_body(headers, receive, settings.serve_params().max_upload_bytes)
         if path == "/classify":
             await check_form(headers, body)
         return body

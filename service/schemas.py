@@ -7,7 +7,6 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, Field
 
-from pipeline.dataset import CLASS_NAMES
 from pipeline.params import IMAGE_SIZE, ServeParams
 from service.inputs import FORMATS
 
@@ -73,6 +72,8 @@ class Metadata(BaseModel):
     )
     test_accuracy: float = Field(description="accuracy on the held-out test split, reported only")
     model_sha256: str = Field(description="SHA-256 of the model file, as evaluated and registered")
+    runtime: str = Field(description="what runs the model: its ONNX export under ONNX Runtime")
+    onnx_sha256: str = Field(description="SHA-256 of the served ONNX file, as register checked it")
     git_commit: str
     data_hash: str
     class_names: list[str]
@@ -81,7 +82,10 @@ class Metadata(BaseModel):
 
     @classmethod
     def describe(cls, info: Any, serve: ServeParams) -> Metadata:
-        """From a BentoML model's info (the labels `register` gave it) and the serving limits."""
+        """From a BentoML model's info (the labels and metadata `register` gave it) and the
+        serving limits."""
+        import onnxruntime
+
         labels = info.labels
         return cls(
             model=ModelRef(
@@ -92,9 +96,11 @@ class Metadata(BaseModel):
             val_accuracy=float(labels["val_accuracy"]),
             test_accuracy=float(labels["test_accuracy"]),
             model_sha256=labels["model_sha256"],
+            runtime=f"onnxruntime {onnxruntime.__version__}",
+            onnx_sha256=labels["onnx_sha256"],
             git_commit=labels["git_commit"],
             data_hash=labels["data_hash"],
-            class_names=list(CLASS_NAMES),
+            class_names=list(info.metadata["class_names"]),
             input={
                 "classify": f"multipart/form-data: field `image`, one {'/'.join(FORMATS)} file of "
                 "any size and mode; optional field `invert`: true, false or auto (default)",
@@ -102,19 +108,19 @@ class Metadata(BaseModel):
                 "integers 0-255 (light on dark, like Fashion-MNIST), "
                 f"1 to {serve.max_images_per_request} images",
             },
-            limits=serve.model_dump(),
+            limits=serve.model_dump(include={"max_images_per_request", "max_upload_bytes"}),
         )
 
 
-def predictions(proba: np.ndarray, model: ModelRef) -> list[Prediction]:
+def predictions(proba: np.ndarray, class_names: list[str], model: ModelRef) -> list[Prediction]:
     """One Prediction per row of class probabilities (N, 10)."""
     ids = proba.argmax(axis=1)
     return [
         Prediction(
             class_id=int(i),
-            class_name=CLASS_NAMES[i],
+            class_name=class_names[i],
             confidence=float(p[i]),
-            probabilities=dict(zip(CLASS_NAMES, map(float, p), strict=True)),
+            probabilities=dict(zip(class_names, map(float, p), strict=True)),
             model=model,
         )
         for i, p in zip(ids, proba, strict=True)

@@ -30,7 +30,7 @@ def with_change(path: str, value: object, delete: bool = False) -> dict:
 
 def test_repository_params_are_valid():
     params = load_params(REPO / "params.yaml")
-    assert params.register.bento_model_name
+    assert params.serve.bento_model_name
     assert len(params.fetch.files) == 4
 
 

@@ -32,9 +32,7 @@ def register_cmd(*extra: str) -> list[str]:
     return [str(BIN / "python"), "-m", "pipeline.register", *extra]
 
 
-GATE = RegisterParams(
-    min_accuracy=0.9, max_regression=0.002, bento_model_name="gate", parity_samples=16
-)
+GATE = RegisterParams(min_accuracy=0.9, max_regression=0.002)
 
 
 @pytest.mark.unit
@@ -85,8 +83,14 @@ def test_pipeline_run_is_promoted_into_both_stores(
     assert champion["candidate"]["run_id"] == run_id
     assert champion["candidate"]["val_accuracy"] == trained["best_val_accuracy"]
     assert champion["candidate"]["test_accuracy"] == accuracy["test_accuracy"]
-    assert champion["parity"]["samples"] == 256
-    assert champion["parity"]["max_confidence_diff"] < 1e-4
+    # Keras and its ONNX export, on every test image: evaluate's classes and confidences.
+    assert champion["parity"]["samples"] == len(
+        np.load(pipeline_run / "data/prepared/test.npz")["y"]
+    )
+    assert champion["parity"]["keras_max_confidence_diff"] < 1e-4
+    assert champion["parity"]["onnx_max_confidence_diff"] < 1e-4
+    assert champion["parity"]["onnx_vs_keras_max_probability_diff"] < 1e-4
+    assert champion["served"] == champion["champion"]["bento_model"]
     current = champion["champion"]
     assert current["run_id"] == run_id
     model_sha = sha256(pipeline_run / "models" / "model.keras")  # the file evaluate scored
@@ -121,10 +125,19 @@ def test_pipeline_run_is_promoted_into_both_stores(
         "val_accuracy": f"{trained['best_val_accuracy']:.4f}",
         "test_accuracy": f"{accuracy['test_accuracy']:.4f}",
         "model_sha256": model_sha,
+        "onnx_sha256": version.tags["onnx_sha256"],
         "git_commit": current["git_commit"],
         "data_hash": version.tags["data_hash"],
     }
     assert stored["metadata"]["test_accuracy"] == accuracy["test_accuracy"]
+    # The ONNX file the service runs is the one register checked and logged to the run.
+    logged = mlflow.artifacts.download_artifacts(
+        f"runs:/{run_id}/onnx/model.onnx",
+        dst_path=str(tmp_path / "onnx"),
+        tracking_uri=mlflow_server,
+    )
+    onnx_served = bentoml_home / "models" / name / bento_version / "model.onnx"
+    assert sha256(onnx_served) == sha256(Path(logged)) == version.tags["onnx_sha256"]
     source = client.get_model_version_download_uri(current["model_name"], current["version"])
     registered = Path(
         mlflow.artifacts.download_artifacts(
@@ -133,6 +146,25 @@ def test_pipeline_run_is_promoted_into_both_stores(
     )
     served = bentoml_home / "models" / name / bento_version / "model.keras"
     assert sha256(served) == sha256(registered / "data" / "model.keras") == model_sha
+
+
+@pytest.mark.e2e
+def test_import_only_brings_the_champion_into_an_empty_store(
+    champion, pipeline_run, pipeline_env, tmp_path
+):
+    """A teammate's machine: same MLflow server, empty BentoML store -> `make serve`'s import."""
+    env = {**pipeline_env, "BENTOML_HOME": str(tmp_path / "teammate")}
+    current = champion["champion"]
+    out = run(register_cmd("--import-only"), pipeline_run, env).stdout
+    assert f"imported the champion (models:/{current['model_name']}/{current['version']})" in out
+    (imported,) = bento_models(tmp_path / "teammate", current["bento_model"].split(":")[0]).items()
+    version, info = imported
+    assert info["labels"]["mlflow_model_version"] == current["version"]
+    folder = tmp_path / "teammate" / "models" / current["bento_model"].split(":")[0] / version
+    assert sha256(folder / "model.keras") == current["model_sha256"]
+    assert sha256(folder / "model.onnx") == current["onnx_sha256"]
+    again = run(register_cmd("--import-only"), pipeline_run, env).stdout
+    assert "imported" not in again and f":{version}" in again  # already there: nothing to do
 
 
 @pytest.mark.e2e
@@ -164,7 +196,7 @@ mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
 model = keras.saving.load_model("models/model.keras")
 test = load_split(Path("data/prepared/test.npz"))
 val_hash = content_hash(load_split(Path("data/prepared/val.npz")))
-result = evaluate_predictions(test.y[:512], Classifier(model).predict_proba(test.x[:512]))
+result = evaluate_predictions(test.y, Classifier(model).predict_proba(test.x))
 run_ids = {}
 for spec in json.loads(sys.argv[1]):
     mlflow.set_experiment(spec["experiment"])
@@ -214,7 +246,7 @@ def register(ws: Path, env: dict, tmp: Path, experiment: str, model: str):
     """Run the stage with its own experiment and registered/BentoML model names."""
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["mlflow"] |= {"experiment_name": experiment, "registered_model_name": model}
-    params["register"]["bento_model_name"] = model
+    params["serve"]["bento_model_name"] = model
     params_file = tmp / f"params-{experiment}.yaml"
     params_file.write_text(yaml.safe_dump(params))
     out = tmp / f"champion-{experiment}.json"

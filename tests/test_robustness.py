@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import yaml
 from conftest import BIN, free_port, start_server, stop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -90,14 +91,17 @@ def test_bounded_load_mix_good_and_bad(service_url, test_images, pipeline_run):
 
 
 def test_two_workers_both_answer(pipeline_run, pipeline_env, champion, tmp_path, test_images):
-    """`workers` > 1: BENTOML_CONFIG_OPTIONS sets two API workers; both answer requests."""
+    """serve.workers = 2: two worker processes, each with the model; both answer requests."""
     # A store of its own: servers sharing BENTOML_HOME share (and clean up) metrics directories.
     home = tmp_path / "bentoml_home"
     shutil.copytree(Path(pipeline_env["BENTOML_HOME"]) / "models", home / "models")
+    params = yaml.safe_load((pipeline_run / "params.yaml").read_text())
+    params["serve"]["workers"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {
         **pipeline_env,
         "BENTOML_HOME": str(home),
-        "BENTOML_CONFIG_OPTIONS": "services.fashion_classifier.workers=2",
+        "FASHION_MNIST_PARAMS": str(tmp_path / "params.yaml"),
     }
     port = free_port()
     url = f"http://127.0.0.1:{port}"

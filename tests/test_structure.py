@@ -98,3 +98,24 @@ def test_the_checks_see_real_imports():
     found = project_imports(REPO / "pipeline" / "train.py")
     assert {"pipeline/model.py", "pipeline/preprocess.py", "pipeline/params.py"} <= found
     assert "pipeline/model.py" in project_imports(REPO / "pipeline" / "model.py")
+
+
+def test_bento_packs_exactly_what_the_service_imports():
+    """bentofile.yaml's include: the service's own modules and the pipeline modules they import,
+    transitively (plus params.yaml, which it reads), nothing else: no TensorFlow-only code."""
+    bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
+    packed = {
+        str(path.relative_to(REPO))
+        for pattern in bentofile["include"]
+        for path in REPO.glob(pattern)
+        if path.suffix == ".py"
+    }
+    needed = set()
+    for path in (REPO / "service").glob("*.py"):
+        needed |= project_imports(path)
+    needed |= {"pipeline/__init__.py", "service/__init__.py"}
+    assert sorted(needed - packed) == [], "the Bento misses modules the service imports"
+    assert sorted(packed - needed) == [], "the Bento packs modules the service does not import"
+    assert "params.yaml" in bentofile["include"]
+    python_packages = {p.split("==")[0] for p in bentofile["python"]["packages"]}
+    assert not python_packages & {"tensorflow", "keras", "tf2onnx", "mlflow"}
