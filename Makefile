@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 UV_VERSION := 0.13.8
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test setup system-data system-test lint format lock serve build bench-train bench-serve load-test
+.PHONY: repro test setup system-data system-test lint format lock serve build monitor bench-train bench-serve load-test
 
 repro: setup system-data  ## set everything up, then run the whole pipeline on the default params
 	dvc repro
@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 system-data:  ## the dataset from Debian's package when the online mirrors are out of reach
 	@scripts/system-deps.sh data
 
-system-test:  ## PostgreSQL for the shared-tracking tests
+system-test:  ## PostgreSQL for the shared-tracking tests, Chromium for the /ui browser tests
 	@scripts/system-deps.sh test
 
 lint:
@@ -43,6 +43,11 @@ serve:  ## serve the MLflow @champion on http://localhost:3000 (imported into Be
 
 build:  ## package the service and the champion model as a Bento
 	bentoml build
+
+# SINCE / UNTIL: an ISO time (UTC) or a duration ago (30m, 24h, 7d); default: the last
+# monitor.window_hours. Reads serve.monitoring.records_dir (or FASHION_MNIST_MONITORING_DIR).
+monitor:  ## drift report of the recorded predictions vs the training data -> reports/monitor/
+	python -m pipeline.drift $(if $(SINCE),--since "$(SINCE)") $(if $(UNTIL),--until "$(UNTIL)")
 
 bench-train:  ## default CNN vs the plain two-conv reference (needs `dvc repro prepare`)
 	python benchmarks/train_benchmark.py

@@ -3,8 +3,9 @@
 Sends exactly --requests requests with --concurrency in flight, mixing POST /predict (one real
 test image) and POST /classify (the same images as PNG files) with --bad-fraction malformed
 requests of ten kinds. Reports requests/s, p50/p99 latency, counts by status, and the server's
-memory (RSS of its process tree) after warm-up and after the run; checks that every good request
-got 200, every bad one a 4xx, none a 5xx, and memory grew by at most 10%.
+memory (RSS of its process tree) after warm-up (at least `serve.request_timeout_s` of load, so
+that memory is at its steady state) and after the run; checks that every good request got 200,
+every bad one a 4xx, none a 5xx, and memory grew by at most 10%.
 
     python benchmarks/load_test.py                    # starts `bentoml serve` here, then loads it
     python benchmarks/load_test.py --url http://127.0.0.1:3000 --pid <bentoml serve pid>
@@ -181,10 +182,19 @@ def load_test(
     pid: int | None = None,
     warmup: int = 200,
     seed: int = 0,
+    warmup_seconds: float = 0.0,
 ) -> Report:
-    """Warm up with good calls, measure memory, run the mix, measure memory again; check the rules."""
+    """Warm up with good calls, measure memory, run the mix, measure memory again; check the rules.
+
+    Warm-up sends at least `warmup` requests and lasts at least `warmup_seconds`: BentoML keeps
+    each request's context until its `traffic.timeout` timer fires, so memory reaches its steady
+    state only after one timeout's worth of traffic; growth after that is a leak.
+    """
     warm = [c for c in plan(images, warmup * 2, 0.0, max_images, max_upload, seed + 1)][:warmup]
+    began = time.perf_counter()
     asyncio.run(run_calls(url, warm, concurrency))
+    while time.perf_counter() - began < warmup_seconds:
+        asyncio.run(run_calls(url, warm, concurrency))
     mem_before = tree_rss_mb(pid) if pid else None
     calls = plan(images, n, bad_fraction, max_images, max_upload, seed)
     results, seconds = asyncio.run(run_calls(url, calls, concurrency))
@@ -259,6 +269,7 @@ def main() -> None:
             serve.max_images_per_request,
             serve.max_upload_bytes,
             pid,
+            warmup_seconds=serve.request_timeout_s + 2,
         )
     finally:
         if proc is not None:

@@ -8,6 +8,10 @@ logged (same SHA-256). The model is called through pipeline/inference.py, as the
 
 from __future__ import annotations
 
+import pipeline.quiet_tensorflow  # noqa: F401 (first: it filters TensorFlow's start-up log)
+
+# isort: split
+
 import argparse
 import json
 import sys
@@ -23,9 +27,10 @@ from sklearn.metrics import confusion_matrix, f1_score, log_loss, precision_reca
 from pipeline.architecture import layer_table
 from pipeline.dataset import CLASS_NAMES, Split, load_split
 from pipeline.figures import confusion_figure, feature_maps_figure, filters_figure, mistakes_figure
-from pipeline.inference import Classifier, file_sha256
+from pipeline.inference import CHUNK, Classifier, file_sha256
 from pipeline.model import spatial_sizes
 from pipeline.params import IMAGE_SIZE, NUM_CLASSES, ModelParams, load_params
+from pipeline.progress import Progress, duration
 from pipeline.tracking import log_split, use_experiment
 
 
@@ -92,12 +97,23 @@ def first_layer_views(model: keras.Model, image: np.ndarray) -> tuple[np.ndarray
     return keras.ops.convert_to_numpy(conv.kernel), maps
 
 
+def score(classifier: Classifier, images: np.ndarray) -> np.ndarray:
+    """Class probabilities of a whole split, showing progress (10,000 images take seconds)."""
+    progress = Progress(len(images), "scoring the test split", unit="images")
+    chunks = []
+    for start in range(0, len(images), CHUNK):
+        chunks.append(classifier.predict_proba(images[start : start + CHUNK]))
+        progress.update(start + len(chunks[-1]))
+    progress.finish(f"scored {len(images):,} test images in {duration(progress.elapsed)}")
+    return np.concatenate(chunks) if chunks else classifier.predict_proba(images)
+
+
 def write_reports(
     classifier: Classifier, params: ModelParams, test: Split, out: Path
 ) -> Evaluation:
     """Evaluate on `test` and write every report file under `out`."""
     model = classifier.model
-    proba = classifier.predict_proba(test.x)
+    proba = score(classifier, test.x)
     result = evaluate_predictions(test.y, proba)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)

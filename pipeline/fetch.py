@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.params import FetchParams, load_params
+from pipeline.progress import Progress, duration
 
 _CHUNK = 1 << 16
 SOURCES_FILE = "sources.json"
@@ -60,15 +61,15 @@ def _download(url: str, timeout: float, retries: int) -> bytes:
             time.sleep(min(2**attempt, 10))
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:
-                total = int(resp.headers.get("Content-Length") or 0)
-                chunks, got, shown = [], 0, -1
+                total = int(resp.headers.get("Content-Length") or 0)  # 0: not announced
+                progress = Progress(total, f"    {url}", unit="MB", scale=1e6, stream=sys.stderr)
+                chunks, got = [], 0
                 while chunk := resp.read(_CHUNK):
                     chunks.append(chunk)
                     got += len(chunk)
-                    pct = got * 100 // total if total else -1
-                    if total and pct // 10 != shown:
-                        shown = pct // 10
-                        print(f"    {url}: {pct}% of {total / 1e6:.1f} MB", file=sys.stderr)
+                    progress.update(got)
+                took = duration(progress.elapsed)
+                progress.finish(f"    {url}: {got / 1e6:.1f} MB in {took}")
                 return b"".join(chunks)
         except urllib.error.HTTPError as err:
             if err.code < 500:  # 404 and friends will not change on retry

@@ -104,12 +104,31 @@ class RegisterParams(_Strict):
     max_regression: float = Field(ge=0.0, le=1.0)
 
 
+class MonitoringParams(_Strict):
+    # Directory of the prediction records (JSON lines), relative to the service's working
+    # directory; None: predictions are only counted in /metrics, not recorded.
+    records_dir: str | None = Field(min_length=1)
+    low_confidence: float = Field(gt=0.0, le=1.0)
+    queue_size: int = Field(ge=1)
+
+
 class ServeParams(_Strict):
     bento_model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     max_images_per_request: int = Field(ge=1)
     max_upload_bytes: int = Field(ge=1)
+    request_timeout_s: float = Field(gt=0)
     # API worker processes, each with the model (README, "Serving runtime"); "cpu_count": one per CPU.
     workers: Annotated[int, Field(ge=1)] | Literal["cpu_count"]
+    monitoring: MonitoringParams
+
+
+class MonitorParams(_Strict):
+    """The drift report's window and thresholds (pipeline/drift.py)."""
+
+    window_hours: float = Field(gt=0)
+    min_records: int = Field(ge=1)
+    p_value: float = Field(gt=0.0, lt=1.0)
+    min_distance: float = Field(ge=0.0, le=1.0)
 
 
 class Params(_Strict):
@@ -121,6 +140,7 @@ class Params(_Strict):
     # "register" would shadow BaseModel.register; the YAML key stays `register`.
     register_: RegisterParams = Field(alias="register")
     serve: ServeParams
+    monitor: MonitorParams
 
     @property
     def register(self) -> RegisterParams:

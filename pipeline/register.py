@@ -10,10 +10,12 @@ Choosing uses validation data only; test accuracy is carried along and reported,
 - Integrity: the candidate's logged model file must have the SHA-256 its run recorded (the file
   `evaluate` scored). It is exported to ONNX, the service's runtime (pipeline/export.py), and both
   runtimes must reproduce evaluate's predictions on every test image: the same class, with
-  probabilities within 1e-4 (pipeline/inference.py).
+  probabilities within 1e-4 (pipeline/inference.py). Its explainer export (the per-layer
+  activations behind the service's /explain and /ui) must give the ONNX model's probabilities on
+  every test image and Keras's activations on the test images it ships.
 
 Promotion registers a model version (with a model card as its description), logs the checked ONNX
-file to the run, imports both files into the BentoML model store and moves the `champion` alias,
+files to the run, imports all of them into the BentoML model store and moves the `champion` alias,
 in that order, checking at each step that the bytes are still the same; a candidate that fails
 anywhere leaves the old champion untouched in both stores. The decision and why go to
 champion.json. Whatever was decided, the local BentoML store ends up serving the `@champion`
@@ -41,8 +43,21 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from pipeline.dataset import CLASS_NAMES, Split, content_hash, load_split
-from pipeline.export import export_onnx
-from pipeline.inference import MODEL_FILE, ONNX_FILE, Classifier, OnnxClassifier, file_sha256
+from pipeline.export import (
+    EXPLAINER_JSON,
+    EXPLAINER_ONNX,
+    ExplainerExport,
+    export_explainer,
+    export_onnx,
+)
+from pipeline.inference import (
+    MODEL_FILE,
+    ONNX_FILE,
+    Classifier,
+    OnnxClassifier,
+    file_sha256,
+    in_chunks,
+)
 from pipeline.params import Params, RegisterParams, load_params
 from pipeline.tracking import (
     ModelFileError,
@@ -55,7 +70,22 @@ ALIAS = "champion"
 # predictions.csv keeps 6 decimals; TensorFlow's graph vs eager differ by ~1e-7, ONNX Runtime's
 # kernels from TensorFlow's by ~1e-6.
 PROBABILITY_TOLERANCE = 1e-4
+# The explainer's activations against Keras's, relative to the layer's largest activation.
+ACTIVATION_TOLERANCE = 1e-3
 ONNX_ARTIFACT = f"onnx/{ONNX_FILE}"  # where promotion logs the checked export in the run
+# Every file of a served model: its SHA-256's key (a version tag, the champion summary's field) and
+# where promotion logs it in the run (the .keras file is the registered model itself).
+SHA256_KEYS = {
+    MODEL_FILE: "model_sha256",
+    ONNX_FILE: "onnx_sha256",
+    EXPLAINER_ONNX: "explainer_onnx_sha256",
+    EXPLAINER_JSON: "explainer_json_sha256",
+}
+ARTIFACTS = {
+    ONNX_FILE: ONNX_ARTIFACT,
+    EXPLAINER_ONNX: f"explainer/{EXPLAINER_ONNX}",
+    EXPLAINER_JSON: f"explainer/{EXPLAINER_JSON}",
+}
 
 
 class RegisterError(RuntimeError):
@@ -167,6 +197,8 @@ def champion_summary(client: MlflowClient, version: ModelVersion) -> dict[str, A
         "val_data_hash": tags.get("val_data_hash", "unknown"),
         "model_sha256": tags.get("model_sha256", "unknown"),
         "onnx_sha256": tags.get("onnx_sha256", "unknown"),
+        "explainer_onnx_sha256": tags.get("explainer_onnx_sha256", "unknown"),
+        "explainer_json_sha256": tags.get("explainer_json_sha256", "unknown"),
         "git_commit": tags.get("git_commit", "unknown"),
         "data_hash": tags.get("data_hash", "unknown"),
         "bento_model": tags.get("bento_model"),
@@ -226,6 +258,40 @@ def parity_check(
     return record
 
 
+def explainer_parity(explainer: ExplainerExport, onnx_file: Path, test: Split) -> dict[str, Any]:
+    """The explainer export: the served ONNX model's probabilities on every test image (what the
+    page shows beside the activations is what /classify answers), and Keras's activations on the
+    test images it ships."""
+    runtime = OnnxClassifier(explainer.onnx_file)
+    names = [o.name for o in runtime.session.get_outputs()]
+    if len(names) != len(explainer.keras_outputs):
+        raise RegisterError(
+            f"explainer: {len(names)} ONNX outputs, Keras has {len(explainer.keras_outputs)}"
+        )
+    proba = in_chunks(
+        lambda chunk: runtime.session.run(names[-1:], {runtime.input: chunk})[0], test.x
+    )
+    diff = float(np.abs(proba - OnnxClassifier(onnx_file).predict_proba(test.x)).max())
+    if diff > PROBABILITY_TOLERANCE:
+        raise RegisterError(f"parity: explainer and model probabilities differ by up to {diff:.2e}")
+    worst = 0.0
+    got = runtime.session.run(None, {runtime.input: explainer.sample_images})
+    for name, ours, theirs in zip(names, got, explainer.keras_outputs, strict=True):
+        if ours.shape != theirs.shape:
+            raise RegisterError(f"explainer output {name}: {ours.shape}, Keras {theirs.shape}")
+        relative = float(np.abs(ours - theirs).max() / max(float(np.abs(theirs).max()), 1e-6))
+        if relative > ACTIVATION_TOLERANCE:
+            raise RegisterError(
+                f"parity: explainer output {name} differs from Keras by {relative:.2e}"
+            )
+        worst = max(worst, relative)
+    return {
+        "explainer_vs_onnx_max_probability_diff": diff,
+        "explainer_vs_keras_max_relative_activation_diff": worst,
+        "explainer_samples": len(explainer.sample_images),
+    }
+
+
 def run_artifact(run_id: str, path: str, dest: Path) -> Path:
     return Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{path}", dst_path=str(dest)))
 
@@ -262,7 +328,8 @@ Layers (each conv/pool maps n to floor((n + 2p - f) / s) + 1):
 {f1}
 
 Use: `mlflow.pyfunc.load_model("models:/{name}/{version}").predict(images_uint8)`,
-`mlflow models serve -m models:/{name}@{ALIAS}`, or this project's `bentoml serve`.
+`mlflow models serve -m models:/{name}@{ALIAS}`, or this project's `bentoml serve`, which runs
+the ONNX export logged to the run as `{ONNX_ARTIFACT}` (same classes on every test image).
 """
 
 
@@ -271,18 +338,19 @@ def promote(
     params: Params,
     candidate: dict[str, Any],
     run: Run,
-    files: tuple[Path, Path],
+    files: dict[str, Path],
     workdir: Path,
 ) -> dict[str, Any]:
-    """Register a version, log its ONNX export, import both into BentoML, then move the alias.
-    Undone on failure. `files`: the checked .keras file and its parity-checked ONNX export."""
+    """Register a version, log its ONNX exports, import all into BentoML, then move the alias.
+    Undone on failure. `files`: file name in the model (MODEL_FILE, ONNX_FILE, ...) -> the
+    checked .keras file and its parity-checked exports."""
     import bentoml
 
-    onnx_file = files[1]
     name = params.mlflow.registered_model_name
     keys = ("run_id", "val_accuracy", "test_accuracy", "val_data_hash", "model_sha256")
     lineage = {k: str(candidate[k]) for k in (*keys, "git_commit", "data_hash")}
-    lineage["onnx_sha256"] = file_sha256(onnx_file)
+    exports = {f: path for f, path in files.items() if f != MODEL_FILE}
+    lineage |= {SHA256_KEYS[f]: file_sha256(path) for f, path in exports.items()}
     version = mlflow.register_model(candidate["model_uri"], name, tags=lineage)
     bento_tag = None
     try:
@@ -290,8 +358,9 @@ def promote(
         checked_download(
             f"models:/{name}/{version.version}", candidate["model_sha256"], workdir / "registered"
         )
-        client.log_artifact(candidate["run_id"], str(onnx_file), Path(ONNX_ARTIFACT).parent.name)
-        checked_onnx_download(candidate["run_id"], lineage["onnx_sha256"], workdir / "logged")
+        for f, path in exports.items():
+            client.log_artifact(candidate["run_id"], str(path), Path(ARTIFACTS[f]).parent.name)
+            checked_artifact(candidate["run_id"], f, lineage[SHA256_KEYS[f]], workdir / "logged")
         card = model_card(candidate, run, version.version, name, workdir / "card")
         client.update_model_version(name, version.version, description=card)
         client.update_registered_model(
@@ -312,17 +381,18 @@ def promote(
     return champion_summary(client, client.get_model_version(name, version.version))
 
 
-def checked_onnx_download(run_id: str, expected_sha256: str, dest: Path) -> Path:
-    """The ONNX export logged to a run at promotion, refused unless it has the expected SHA-256."""
-    path = run_artifact(run_id, ONNX_ARTIFACT, dest)
+def checked_artifact(run_id: str, file: str, expected_sha256: str, dest: Path) -> Path:
+    """An export (ONNX_FILE, EXPLAINER_ONNX, ...) logged to a run at promotion, refused unless it
+    has the expected SHA-256."""
+    path = run_artifact(run_id, ARTIFACTS[file], dest)
     if file_sha256(path) != expected_sha256:
-        raise RegisterError(f"run {run_id}: {ONNX_ARTIFACT} is not the export register checked")
+        raise RegisterError(f"run {run_id}: {ARTIFACTS[file]} is not the export register checked")
     return path
 
 
-def save_to_bentoml(bento_name: str, champion: dict[str, Any], files: tuple[Path, Path]) -> str:
+def save_to_bentoml(bento_name: str, champion: dict[str, Any], files: dict[str, Path]) -> str:
     """A new BentoML model (it becomes `<bento_name>:latest`) holding the champion's .keras file,
-    its ONNX export and its identity as labels; returns its tag."""
+    its ONNX export, its explainer (when it has one) and its identity as labels; returns its tag."""
     import bentoml
 
     labels = {
@@ -343,11 +413,13 @@ def save_to_bentoml(bento_name: str, champion: dict[str, Any], files: tuple[Path
         "model_file": MODEL_FILE,
         "onnx_file": ONNX_FILE,
     }
+    if EXPLAINER_ONNX in files:  # the service's /explain; without it, /explain answers 503
+        metadata |= {"explainer_onnx": EXPLAINER_ONNX, "explainer_json": EXPLAINER_JSON}
+        metadata |= {SHA256_KEYS[f]: champion[SHA256_KEYS[f]] for f in ARTIFACTS}
     with bentoml.models.create(bento_name, labels=labels, metadata=metadata) as bm:
-        for path, name in zip(files, (MODEL_FILE, ONNX_FILE), strict=True):
+        for name, path in files.items():
             shutil.copyfile(path, bm.path_of(name))
-        for name, key in ((MODEL_FILE, "model_sha256"), (ONNX_FILE, "onnx_sha256")):
-            if file_sha256(bm.path_of(name)) != labels[key]:
+            if file_sha256(bm.path_of(name)) != champion[SHA256_KEYS[name]]:
                 raise RegisterError(f"the copy of {name} in the BentoML store differs")
     return str(bm.tag)
 
@@ -376,10 +448,12 @@ def sync_bentoml_store(client: MlflowClient, params: Params, workdir: Path) -> s
             "(promoted by an older register): promote a new run to serve it"
         )
     uri = f"models:/{champion['model_name']}/{champion['version']}"
-    files = (
-        checked_download(uri, champion["model_sha256"], workdir / "import"),
-        checked_onnx_download(champion["run_id"], champion["onnx_sha256"], workdir / "import"),
-    )
+    files = {MODEL_FILE: checked_download(uri, champion["model_sha256"], workdir / "import")}
+    for f in ARTIFACTS:  # the explainer is missing for champions promoted before it existed
+        if champion[SHA256_KEYS[f]] != "unknown":
+            files[f] = checked_artifact(
+                champion["run_id"], f, champion[SHA256_KEYS[f]], workdir / "import"
+            )
     tag = save_to_bentoml(params.serve.bento_model_name, champion, files)
     print(f"register: imported the champion ({uri}) into the BentoML store as {tag}")
     return tag
@@ -471,11 +545,18 @@ def choose(
         predictions = pd.read_csv(
             run_artifact(candidate["run_id"], "evaluation/predictions.csv", workdir)
         )
+    test = load_split(data_dir / "test.npz")
     onnx_file = export_onnx(model_file, workdir / ONNX_FILE)
-    record["parity"] = parity_check(
-        model_file, onnx_file, predictions, load_split(data_dir / "test.npz")
-    )
-    record["champion"] = promote(client, params, candidate, best, (model_file, onnx_file), workdir)
+    record["parity"] = parity_check(model_file, onnx_file, predictions, test)
+    explainer = export_explainer(model_file, workdir / "explainer", test)
+    record["parity"] |= explainer_parity(explainer, onnx_file, test)
+    files = {
+        MODEL_FILE: model_file,
+        ONNX_FILE: onnx_file,
+        EXPLAINER_ONNX: explainer.onnx_file,
+        EXPLAINER_JSON: explainer.json_file,
+    }
+    record["champion"] = promote(client, params, candidate, best, files, workdir)
     record["decision"] = "promoted"
     return record
 

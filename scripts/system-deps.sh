@@ -2,7 +2,9 @@
 # System packages the project needs, installed only where missing (Debian/Ubuntu, apt).
 #   data: Fashion-MNIST from Debian's dataset-fashion-mnist, unless the files are already there
 #         or the official mirror answers (then `dvc repro` downloads them itself).
-#   test: PostgreSQL server binaries for the shared-tracking tests.
+#   test: PostgreSQL server binaries for the shared-tracking tests, and Chromium (with a font, for
+#         readable screenshots) for the browser tests of the service's /ui page (tests/test_ui.py:
+#         Playwright drives this system browser; its own browser download is not used).
 set -euo pipefail
 DATASET_DIR=/usr/share/datasets/fashion-mnist
 MIRROR=https://storage.googleapis.com/tensorflow/tf-keras-datasets/train-labels-idx1-ubyte.gz
@@ -29,9 +31,12 @@ case "${1:-}" in
     apt_install dataset-fashion-mnist
     ;;
   test)
-    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && exit 0
-    echo "system-deps: installing PostgreSQL (used by the shared-tracking tests)"
-    apt_install postgresql
+    missing=()
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+    command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core)
+    [ ${#missing[@]} -eq 0 ] && exit 0
+    echo "system-deps: installing ${missing[*]} (shared-tracking tests; browser tests of /ui)"
+    apt_install "${missing[@]}"
     ;;
   *)
     echo "usage: $0 data|test" >&2

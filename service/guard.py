@@ -1,4 +1,5 @@
-"""ASGI middleware in front of POST /classify and /predict: method, content type, size, multipart.
+"""ASGI middleware in front of POST /classify, /explain and /predict: method, content type, size,
+multipart.
 
 BentoML parses a request body before the API method runs and answers 500 to what its parsers
 do not expect: a malformed multipart body, an `image` field sent as text (which it would fetch
@@ -20,9 +21,14 @@ from service import settings
 from service.inputs import InputError
 
 # Route -> the one request content type it takes.
-ROUTES = {"/classify": b"multipart/form-data", "/predict": b"application/json"}
+ROUTES = {
+    "/classify": b"multipart/form-data",
+    "/explain": b"multipart/form-data",
+    "/predict": b"application/json",
+}
 HINTS = {
     "/classify": "send one image file as multipart field `image`, e.g. curl -F image=@shoe.png",
+    "/explain": "send one image file as multipart field `image`, e.g. curl -F image=@shoe.png",
     "/predict": 'send JSON {"images": [...]} with Content-Type: application/json',
 }
 IMAGE_PART_TYPES = ("image/", "application/octet-stream")
@@ -74,8 +80,8 @@ class RequestGuard:
                 415, f"POST {path} takes {expected.decode()}, got {got}: {HINTS[path]}"
             )
         body = await read_body(headers, receive, settings.serve_params().max_upload_bytes)
-        if path == "/classify":
-            await check_form(headers, body)
+        if expected == b"multipart/form-data":
+            await check_form(headers, body, HINTS[path])
         return body
 
 
@@ -102,7 +108,7 @@ async def read_body(headers: Headers, receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-async def check_form(headers: Headers, body: bytes) -> None:
+async def check_form(headers: Headers, body: bytes, hint: str = HINTS["/classify"]) -> None:
     """The multipart body parses and has exactly one `image` file of an image (or unknown) type."""
 
     async def stream() -> AsyncIterator[bytes]:
@@ -115,14 +121,12 @@ async def check_form(headers: Headers, body: bytes) -> None:
     try:
         images = form.getlist("image")
         if not images:
-            raise InputError(400, f"no `image` field: {HINTS['/classify']}")
+            raise InputError(400, f"no `image` field: {hint}")
         if len(images) > 1:
             raise InputError(400, f"{len(images)} `image` fields; send one image per request")
         image = images[0]
         if not isinstance(image, UploadFile):
-            raise InputError(
-                400, f"`image` must be a file upload, not a text field: {HINTS['/classify']}"
-            )
+            raise InputError(400, f"`image` must be a file upload, not a text field: {hint}")
         part_type = (image.content_type or "application/octet-stream").lower()
         if not part_type.startswith(IMAGE_PART_TYPES):
             raise InputError(415, f"`image` has content type {part_type}; expected an image file")

@@ -78,7 +78,7 @@ class Metadata(BaseModel):
     data_hash: str
     class_names: list[str]
     input: dict[str, str]
-    limits: dict[str, int]
+    limits: dict[str, int | float]
 
     @classmethod
     def describe(cls, info: Any, serve: ServeParams) -> Metadata:
@@ -108,7 +108,9 @@ class Metadata(BaseModel):
                 "integers 0-255 (light on dark, like Fashion-MNIST), "
                 f"1 to {serve.max_images_per_request} images",
             },
-            limits=serve.model_dump(include={"max_images_per_request", "max_upload_bytes"}),
+            limits=serve.model_dump(
+                include={"max_images_per_request", "max_upload_bytes", "request_timeout_s"}
+            ),
         )
 
 

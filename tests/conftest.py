@@ -94,7 +94,10 @@ def start_mlflow(root: Path, backend_store_uri: str) -> tuple[subprocess.Popen, 
         "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    return start_server(cmd, root, base_env(), root / "server.log", f"{url}/health", 180), url
+    # MLflow 3's job runner (GenAI jobs, trace rollups) starts ~8 huey consumer processes that
+    # take CPU from the suite; this project uses none of it.
+    env = base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    return start_server(cmd, root, env, root / "server.log", f"{url}/health", 180), url
 
 
 @pytest.fixture(scope="session")
@@ -115,6 +118,16 @@ def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def pipeline_env(mlflow_server: str, bentoml_home: Path) -> dict[str, str]:
     return base_env(MLFLOW_TRACKING_URI=mlflow_server, BENTOML_HOME=str(bentoml_home))
+
+
+@pytest.fixture(scope="session")
+def prepared_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace copy with SMALL_RUN params where only fetch and prepare ran: for tests that run
+    the train stage themselves (with their own --params file and output paths; do not modify)."""
+    ws = copy_workspace(tmp_path_factory.mktemp("prepared"))
+    set_params(ws, **SMALL_RUN)
+    run([str(BIN / "dvc"), "repro", "prepare"], ws, base_env())
+    return ws
 
 
 @pytest.fixture(scope="session")

@@ -56,6 +56,13 @@ def test_repository_params_are_valid():
             2,
             "register.min_accuracy: Input should be less than or equal to 1",
         ),
+        ("monitor.p_value", 1.5, "monitor.p_value: Input should be less than 1"),
+        ("monitor.window", 24, "monitor.window: unknown key"),
+        (
+            "serve.monitoring.low_confidence",
+            0,
+            "serve.monitoring.low_confidence: Input should be greater than 0",
+        ),
     ],
 )
 def test_bad_values_name_the_key(path, value, expected):

@@ -90,6 +90,8 @@ def test_pipeline_run_is_promoted_into_both_stores(
     assert champion["parity"]["keras_max_confidence_diff"] < 1e-4
     assert champion["parity"]["onnx_max_confidence_diff"] < 1e-4
     assert champion["parity"]["onnx_vs_keras_max_probability_diff"] < 1e-4
+    assert champion["parity"]["explainer_vs_onnx_max_probability_diff"] < 1e-4
+    assert champion["parity"]["explainer_vs_keras_max_relative_activation_diff"] < 1e-3
     assert champion["served"] == champion["champion"]["bento_model"]
     current = champion["champion"]
     assert current["run_id"] == run_id
@@ -163,6 +165,9 @@ def test_import_only_brings_the_champion_into_an_empty_store(
     folder = tmp_path / "teammate" / "models" / current["bento_model"].split(":")[0] / version
     assert sha256(folder / "model.keras") == current["model_sha256"]
     assert sha256(folder / "model.onnx") == current["onnx_sha256"]
+    # ...and the explainer behind /explain and /ui, checked against the version's tags.
+    assert sha256(folder / "explainer.onnx") == current["explainer_onnx_sha256"] != "unknown"
+    assert sha256(folder / "explainer.json") == current["explainer_json_sha256"] != "unknown"
     again = run(register_cmd("--import-only"), pipeline_run, env).stdout
     assert "imported" not in again and f":{version}" in again  # already there: nothing to do
 

@@ -87,7 +87,7 @@ def test_metadata_names_the_champion(service_url, champion, pipeline_run):
     assert meta["class_names"] == list(CLASS_NAMES)
     assert {"classify", "predict"} <= set(meta["input"])
     assert meta["limits"] == params.serve.model_dump(
-        include={"max_images_per_request", "max_upload_bytes"}
+        include={"max_images_per_request", "max_upload_bytes", "request_timeout_s"}
     )
 
 

@@ -1,0 +1,375 @@
+"""Monitoring: the service's prediction records and /metrics, and the drift report built on them.
+
+Unit tests check the pure parts on tiny arrays. The service tests send real requests to the
+session's `bentoml serve` (two workers) in three windows: 300 test images, the same kind of
+images rotated 90 degrees, then inverted; each window's /metrics counters must grow by exactly
+the answers given, and the report command, run on each window, must say not drifted, then
+drifted naming what moved.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import subprocess
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import requests
+from conftest import BIN, run
+from PIL import Image
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.dataset import CLASS_NAMES
+from pipeline.drift import build_report, class_drift, numeric_drift, render_html
+from pipeline.params import MonitorParams
+from pipeline.prediction_log import (
+    FIELDS,
+    format_time,
+    image_features,
+    read_records,
+    record_lines,
+)
+
+pytest_plugins = ["service_fixtures"]  # service_url, test_images, champion
+
+THRESHOLDS = MonitorParams(window_hours=24, min_records=50, p_value=0.01, min_distance=0.1)
+UTC = dt.UTC
+
+
+def tall_bar() -> np.ndarray:
+    image = np.zeros((28, 28), np.uint8)
+    image[2:26, 12:16] = 200  # 24 rows x 4 columns
+    return image
+
+
+@pytest.mark.unit
+def test_image_features_describe_brightness_and_shape():
+    bar = tall_bar()
+    f = image_features(np.stack([np.zeros_like(bar), bar, np.rot90(bar), 255 - bar]))
+    assert f["pixel_mean"][0] == f["pixel_std"][0] == f["log2_aspect"][0] == 0  # blank
+    assert f["bright_fraction"][1] == pytest.approx(24 * 4 / 784)
+    assert f["log2_aspect"][1] > 2  # 24 rows tall, 4 columns wide
+    assert f["log2_aspect"][2] == pytest.approx(-f["log2_aspect"][1])  # rotated: as wide
+    assert f["pixel_mean"][3] == pytest.approx(255 - f["pixel_mean"][1])  # inverted
+    assert f["pixel_std"][3] == pytest.approx(f["pixel_std"][1])  # ... same contrast
+
+
+@pytest.mark.unit
+def test_numeric_drift_needs_significance_and_size():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 1, 5000)
+    assert not numeric_drift(reference, rng.normal(0, 1, 300), THRESHOLDS).drifted
+    moved = numeric_drift(reference, rng.normal(1, 1, 300), THRESHOLDS)
+    assert moved.drifted and moved.distance > 0.3 and moved.p_value < 1e-10
+    assert moved.current["mean"] == pytest.approx(1, abs=0.2)
+    # A trivial shift in a huge window is significant, but too small to call drift.
+    tiny = numeric_drift(reference, rng.normal(0.05, 1, 200_000), THRESHOLDS)
+    assert tiny.p_value < THRESHOLDS.p_value and not tiny.drifted
+
+
+@pytest.mark.unit
+def test_class_drift_compares_shares():
+    rng = np.random.default_rng(1)
+    reference = rng.integers(0, 10, 2000)
+    same = class_drift(reference, rng.integers(0, 10, 300), THRESHOLDS)
+    assert not same.drifted and sum(same.current.values()) == pytest.approx(1)
+    bags = np.concatenate([rng.integers(0, 10, 150), np.full(150, 8)])  # half of them "Bag"
+    moved = class_drift(reference, bags, THRESHOLDS)
+    assert moved.drifted and moved.distance == pytest.approx(0.45, abs=0.05)
+    assert moved.current["Bag"] > 0.5 > moved.reference["Bag"]
+    # Classes nobody predicted are left out of the test instead of breaking it.
+    assert not class_drift(np.full(100, 3), np.full(100, 3), THRESHOLDS).drifted
+
+
+def fake_records(pixels: np.ndarray, class_ids: np.ndarray, start: float = 1.8e9) -> list[dict]:
+    text = record_lines(
+        times=[start + i for i in range(len(pixels))],
+        endpoints=["predict"] * len(pixels),
+        inverted=[False] * len(pixels),
+        pixels=pixels,
+        class_ids=class_ids.tolist(),
+        class_names=[CLASS_NAMES[i] for i in class_ids],
+        confidences=[0.9] * len(pixels),
+        model_version="3",
+        bento_model="fashion-mnist-cnn:abc",
+    )
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.mark.unit
+def test_report_verdicts_on_synthetic_windows():
+    rng = np.random.default_rng(2)
+
+    def images(n: int) -> np.ndarray:  # bars of random size and brightness: a toy "dataset"
+        out = np.zeros((n, 28, 28), np.uint8)
+        for image, h, w, v in zip(
+            out, rng.integers(8, 27, n), rng.integers(3, 12, n), rng.integers(120, 256, n),
+            strict=True,
+        ):  # fmt: skip
+            image[14 - h // 2 : 14 - h // 2 + h, 14 - w // 2 : 14 - w // 2 + w] = v
+        return out
+
+    train, val = images(2000), images(500)
+
+    def outputs_of(tag: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert tag == "fashion-mnist-cnn:abc"
+        return rng.integers(0, 10, len(x)), np.full(len(x), 0.9)
+
+    def report(records: list[dict]) -> dict:
+        summary, features, arrays = build_report(
+            records, train, val, THRESHOLDS, 0.5, outputs_of=outputs_of
+        )
+        page = render_html(summary, features, arrays)
+        assert summary["verdict"].upper() in page
+        return summary
+
+    few = report(fake_records(images(10), rng.integers(0, 10, 10)))
+    assert few["verdict"] == "insufficient data" and few["drifted"] is None
+    same = report(fake_records(images(300), rng.integers(0, 10, 300)))
+    assert same["verdict"] == "not drifted" and same["drifted_features"] == []
+    assert same["model"] == {
+        "bento_model": "fashion-mnist-cnn:abc",
+        "model_version": "3",
+        "records": 300,
+        "other_models_records": 0,
+    }
+    rotated = report(fake_records(np.rot90(images(300), axes=(1, 2)), rng.integers(0, 10, 300)))
+    assert rotated["verdict"] == "drifted" and rotated["drifted"] is True
+    assert rotated["drifted_features"] == ["log2_aspect"]
+    assert any(line.startswith("log2_aspect:") for line in rotated["what_moved"])
+
+
+@pytest.mark.unit
+def test_records_are_read_back_by_window(tmp_path):
+    pixels = np.stack([tall_bar()] * 4)
+    start = dt.datetime(2026, 11, 26, 23, 59, 58, tzinfo=UTC).timestamp()
+    records = fake_records(pixels, np.array([1, 1, 3, 9]), start)
+    assert list(records[0]) == list(FIELDS)
+    assert records[0]["time"] == "2026-11-26T23:59:58.000Z"
+    lines = [json.dumps(r) for r in records]
+    (tmp_path / "predictions-2026-11-26-host-1.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    # the next day's file of another process, with a line cut short by a crash
+    (tmp_path / "predictions-2026-11-27-host-2.jsonl").write_text(
+        "\n".join(lines[2:]) + '\n{"time": "2026-11-2'
+    )
+    t = dt.datetime.fromtimestamp
+    everything, bad = read_records(tmp_path, t(start - 1, UTC), t(start + 10, UTC))
+    assert [r["class_id"] for r in everything] == [1, 1, 3, 9] and bad == 1
+    window, _ = read_records(tmp_path, t(start + 1, UTC), t(start + 3, UTC))
+    assert [r["time"] for r in window] == [format_time(start + 1), format_time(start + 2)]
+    assert read_records(tmp_path, t(start + 86400 * 3, UTC), t(start + 86400 * 4, UTC))[0] == []
+
+
+@pytest.mark.unit
+def test_recorder_writes_its_own_file_and_drops_rather_than_block(tmp_path):
+    from service.monitoring import PredictionRecorder
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    low = value("fashion_low_confidence_predictions_total", endpoint="predict")
+    dropped = value("fashion_prediction_records_dropped_total", reason="queue_full")
+    trousers = value("fashion_predictions_total", class_name="Trouser", endpoint="predict")
+    recorder = PredictionRecorder(tmp_path, "3", "m:1", 0.5, queue_size=2, flush_seconds=3600)
+    answers = [SimpleNamespace(class_id=1, class_name="Trouser", confidence=c) for c in (0.4, 0.9)]
+    two = np.stack([tall_bar(), 255 - tall_bar()])
+    recorder.record("predict", two, answers)
+    recorder.record("predict", two[:1], answers[:1])
+    recorder.record("predict", two, answers)  # the queue holds 2 requests: dropped, counted
+    recorder.close()  # writes what was queued
+    (path,) = tmp_path.iterdir()
+    assert path.name.endswith(f"-{os.getpid()}.jsonl")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["confidence"] for r in lines] == [0.4, 0.9, 0.4]
+    assert lines[1]["pixel_mean"] == pytest.approx(255 - lines[0]["pixel_mean"], abs=0.01)
+    assert value("fashion_prediction_records_dropped_total", reason="queue_full") == dropped + 2
+    assert value("fashion_low_confidence_predictions_total", endpoint="predict") == low + 2
+    assert (
+        value("fashion_predictions_total", class_name="Trouser", endpoint="predict") == trousers + 3
+    )
+
+
+@pytest.mark.unit
+def test_recorder_survives_an_unwritable_directory(tmp_path):
+    from service.monitoring import PredictionRecorder
+
+    (tmp_path / "file").write_text("not a directory")
+    recorder = PredictionRecorder(tmp_path / "file" / "records", "3", "m:1", 0.5, 10, 3600)
+    before = REGISTRY.get_sample_value(
+        "fashion_prediction_records_dropped_total", {"reason": "write_error"}
+    )
+    answer = SimpleNamespace(class_id=1, class_name="Trouser", confidence=0.9)
+    recorder.record("predict", tall_bar()[None], [answer])
+    recorder.flush()
+    assert recorder._thread.is_alive()
+    recorder.close()
+    after = REGISTRY.get_sample_value(
+        "fashion_prediction_records_dropped_total", {"reason": "write_error"}
+    )
+    assert after == (before or 0) + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The real service: three windows of traffic, and the report command on each.
+
+
+def class_counts(url: str) -> Counter:
+    """fashion_predictions_total by (class_name, endpoint), summed over the workers by BentoML."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    counts: Counter = Counter()
+    for family in text_string_to_metric_families(text):
+        if family.name == "fashion_predictions":
+            for sample in family.samples:
+                if sample.name == "fashion_predictions_total":
+                    key = (sample.labels["class_name"], sample.labels["endpoint"])
+                    counts[key] += int(sample.value)
+    return counts
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def send(url: str, images: np.ndarray, classify_every: int = 0) -> Counter:
+    """Send each image once, on fresh connections from 8 threads (so both workers answer):
+    every `classify_every`-th as a PNG to /classify, the others to /predict, some three to a
+    request. Returns the answers' (class_name, endpoint) counts."""
+    jobs: list[tuple[str, np.ndarray]] = []
+    rest = []
+    for i, image in enumerate(images):
+        if classify_every and i % classify_every == 0:
+            jobs.append(("classify", image[None]))
+        else:
+            rest.append(image)
+    jobs += [("predict", np.stack(rest[i : i + 3])) for i in range(0, 60, 3)]
+    jobs += [("predict", image[None]) for image in rest[60:]]
+
+    def post(job: tuple[str, np.ndarray]) -> list[tuple[str, str]]:
+        endpoint, batch = job
+        if endpoint == "classify":
+            files = {"image": ("item.png", png(batch[0]), "image/png")}
+            resp = requests.post(f"{url}/classify", files=files, timeout=60)
+            answers = [resp.json()] if resp.ok else []
+        else:
+            resp = requests.post(f"{url}/predict", json={"images": batch.tolist()}, timeout=60)
+            answers = resp.json()["predictions"] if resp.ok else []
+        assert resp.status_code == 200, resp.text
+        return [(a["class_name"], endpoint) for a in answers]
+
+    with ThreadPoolExecutor(8) as pool:
+        return Counter(pair for pairs in pool.map(post, jobs) for pair in pairs)
+
+
+@pytest.fixture(scope="module")
+def windows(service_url, test_images) -> dict[str, dict]:
+    """Three windows of 300 images each; per window its time span, the answers' class counts and
+    the growth of the /metrics counters over it."""
+    x, _ = test_images
+    shifted = {
+        "test": (x[:300], 4),  # a quarter of them as PNG files to /classify
+        "rotated": (np.ascontiguousarray(np.rot90(x[300:600], axes=(1, 2))), 0),
+        "inverted": (255 - x[600:900], 0),
+    }
+    out = {}
+    for name, (images, classify_every) in shifted.items():
+        before, since = class_counts(service_url), time.time()
+        answers = send(service_url, images, classify_every)
+        deadline = time.monotonic() + 20  # the recorder thread writes and counts within ~0.25 s
+        while (grown := class_counts(service_url) - before) != answers:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        out[name] = {"since": since, "until": time.time(), "answers": answers, "grown": grown}
+    return out
+
+
+def iso(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def drift_report(workspace: Path, env: dict, window: dict, out: Path, *extra: str):
+    cmd = [str(BIN / "python"), "-m", "pipeline.drift", "--since", iso(window["since"]),
+           "--until", iso(window["until"]), "--out", str(out), *extra]  # fmt: skip
+    return subprocess.run(cmd, cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.service
+def test_metrics_count_every_answer_by_class(windows):
+    for name, window in windows.items():
+        assert sum(window["answers"].values()) == 300
+        assert window["grown"] == window["answers"], name
+    assert {endpoint for _, endpoint in windows["test"]["answers"]} == {"predict", "classify"}
+
+
+@pytest.mark.service
+def test_each_worker_records_to_its_own_file(windows, pipeline_run, champion):
+    directory = pipeline_run / "monitoring"  # serve.monitoring.records_dir, relative to the server
+    files = sorted(directory.glob("predictions-*.jsonl"))
+    assert len({f.name.rsplit("-", 1)[1] for f in files}) >= 2  # serve.workers: 2 processes
+    test = windows["test"]
+    since, until = (dt.datetime.fromtimestamp(test[k], UTC) for k in ("since", "until"))
+    records, bad = read_records(directory, since, until)
+    assert bad == 0 and len(records) == 300
+    assert {r["model_version"] for r in records} == {champion["champion"]["version"]}
+    assert {r["bento_model"] for r in records} == {champion["champion"]["bento_model"]}
+    classified = [r for r in records if r["endpoint"] == "classify"]
+    assert len(classified) == 75 and not any(r["inverted"] for r in classified)
+
+
+@pytest.mark.service
+def test_report_on_test_images_is_not_drifted(windows, pipeline_run, pipeline_env):
+    """`make monitor`, the operator's command, on the window of 300 test images."""
+    test = windows["test"]
+    run(["make", "monitor", f"SINCE={iso(test['since'])}", f"UNTIL={iso(test['until'])}"],
+        pipeline_run, pipeline_env)  # fmt: skip
+    out = pipeline_run / "reports" / "monitor"
+    summary = json.loads((out / "drift.json").read_text())
+    assert summary["records"] == 300 and summary["unreadable_lines"] == 0
+    assert summary["verdict"] == "not drifted", summary["what_moved"]
+    assert summary["drifted"] is False and summary["drifted_features"] == []
+    assert set(summary["features"]) == {
+        "pixel_mean", "pixel_std", "bright_fraction", "log2_aspect", "confidence",
+        "predicted_class",
+    }  # fmt: skip
+    assert summary["endpoints"] == {"predict": 225, "classify": 75}
+    assert "NOT DRIFTED" in (out / "drift.html").read_text()
+    shown = run([str(BIN / "dvc"), "metrics", "show", str(out / "drift.json")], pipeline_run,
+                pipeline_env).stdout  # fmt: skip
+    assert "features.pixel_mean.p_value" in shown
+
+
+@pytest.mark.service
+def test_report_on_rotated_images_names_the_shape(windows, pipeline_run, pipeline_env, tmp_path):
+    proc = drift_report(pipeline_run, pipeline_env, windows["rotated"], tmp_path, "--fail-on-drift")
+    assert proc.returncode == 1, proc.stderr[-3000:]  # --fail-on-drift: for cron jobs
+    summary = json.loads((tmp_path / "drift.json").read_text())
+    assert summary["verdict"] == "drifted" and summary["records"] == 300
+    # Rotation keeps every pixel: only the object's shape (and what the model makes of it) moved.
+    assert "log2_aspect" in summary["drifted_features"]
+    assert not {"pixel_mean", "pixel_std", "bright_fraction"} & set(summary["drifted_features"])
+    assert "DRIFTED" in (tmp_path / "drift.html").read_text()
+
+
+@pytest.mark.service
+def test_report_on_inverted_images_names_the_brightness(
+    windows, pipeline_run, pipeline_env, tmp_path
+):
+    proc = drift_report(pipeline_run, pipeline_env, windows["inverted"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "drift.json").read_text())
+    assert summary["verdict"] == "drifted"
+    assert {"pixel_mean", "bright_fraction"} <= set(summary["drifted_features"])
+    assert "pixel_std" not in summary["drifted_features"]  # 255 - x has the same contrast
+    assert summary["features"]["pixel_mean"]["current"]["mean"] > 150
+    assert "DRIFTED" in proc.stdout

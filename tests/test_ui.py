@@ -1,0 +1,434 @@
+"""The /ui page in a real browser, and the POST /explain and GET /samples API behind it.
+
+Headless Chromium from Debian's `chromium` package (scripts/system-deps.sh test installs it),
+driven by Playwright pointed at that binary (Playwright's own browser download is not used). The
+service is the session's real `bentoml serve` of the pipeline workspace's champion. Every page
+must load without console errors or uncaught exceptions.
+
+FASHION_MNIST_SCREENSHOTS=<dir> also saves the page's screenshot there (README's comes from it).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from pipeline.architecture import layer_table
+from pipeline.dataset import CLASS_NAMES
+from pipeline.params import load_params
+
+pytest_plugins = ["service_fixtures"]  # champion, service_url, test_images, evaluated
+pytestmark = pytest.mark.service
+
+CHROMIUM = (
+    os.environ.get("FASHION_MNIST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+)
+TIMEOUT_MS = 30_000
+DESKTOP = {"width": 1200, "height": 1000}
+PHONE = {"width": 390, "height": 844}
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def decode(url: str) -> np.ndarray:
+    head, data = url.split(",", 1)
+    assert head == "data:image/png;base64"
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
+
+
+def post(
+    url: str, path: str, data: bytes, name: str = "item.png", ctype: str = "image/png", **form
+):
+    files = {"image": (name, data, ctype)}
+    return requests.post(f"{url}{path}", files=files, data=form, timeout=60)
+
+
+def clear_item(evaluated, limit: int = 200) -> int:
+    """A test image the model is sure about: its class cannot flip between runtimes."""
+    return int(evaluated["confidence"].iloc[:limit].idxmax())
+
+
+# --- the API ---------------------------------------------------------------------------------
+
+
+def test_explain_answers_like_classify_and_shows_every_layer(
+    service_url, pipeline_run, test_images, evaluated
+):
+    x, _ = test_images
+    i = clear_item(evaluated)
+    resp = post(service_url, "/explain", png(x[i]))
+    assert resp.status_code == 200, resp.text
+    assert len(resp.content) < 250_000  # compact: PNG grids, not float arrays
+    body = resp.json()
+    classified = post(service_url, "/classify", png(x[i])).json()
+    assert body["class_id"] == classified["class_id"] == evaluated.loc[i, "predicted_id"]
+    assert body["probabilities"] == pytest.approx(classified["probabilities"], abs=1e-5)
+    assert body["inverted"] is False and body["model"] == classified["model"]
+    assert np.array_equal(np.array(body["pixels"]), x[i])  # what the model saw
+    assert np.array_equal(decode(body["image"]), x[i])
+
+    # The geometry is read from the served model's layers; this champion was trained on the
+    # workspace's params, so it must be their layer table.
+    params = load_params(pipeline_run / "params.yaml")
+    table = [r.as_dict() for r in layer_table(28, params.model.conv_blocks)]
+    layers = body["layers"]
+    assert [{k: layer[k] for k in table[0]} for layer in layers] == table
+    for layer in layers:
+        n, f, p, s, out = (layer[k] for k in ("n_in", "f", "p", "s", "n_out"))
+        assert out == (n + 2 * p - f) // s + 1
+        assert layer["formula"].endswith(f"= {out}")
+        grid = layer["maps"]
+        assert grid["tile"] == out and grid["cols"] * grid["rows"] >= layer["channels"]
+        step = out + grid["gap"]
+        assert decode(grid["png"]).shape == (
+            grid["rows"] * step - grid["gap"],
+            grid["cols"] * step - grid["gap"],
+        )
+        assert len(layer["low"]) == len(layer["high"]) == layer["channels"]
+        assert all(lo <= hi for lo, hi in zip(layer["low"], layer["high"], strict=True))
+    assert all(a["n_out"] == b["n_in"] for a, b in itertools.pairwise(layers))
+    filters = body["filters"]
+    assert (filters["layer"], filters["f"], filters["count"]) == (
+        layers[0]["layer"],
+        layers[0]["f"],
+        layers[0]["channels"],
+    )
+    assert filters["scale"] > 0
+
+    # Explaining does not change the answer of the pixels it reports.
+    predicted = requests.post(
+        f"{service_url}/predict", json={"images": [body["pixels"]]}, timeout=60
+    )
+    assert predicted.json()["predictions"][0]["probabilities"] == pytest.approx(
+        body["probabilities"], abs=1e-5
+    )
+    paths = requests.get(f"{service_url}/docs.json", timeout=10).json()["paths"]
+    assert {"/explain", "/samples"} <= set(paths)
+
+
+def test_explain_refuses_bad_input_like_classify(service_url, pipeline_run, test_images):
+    """The same guard and decoding: each bad request gets /classify's status and message."""
+    good = png(test_images[0][0])
+    big = b"\0" * (load_params(pipeline_run / "params.yaml").serve.max_upload_bytes + 1)
+    cases = [  # (request, whether the message is the guard's or the decoder's)
+        ({"files": {"image": ("a.png", b"hello, world", "image/png")}}, True),  # 415
+        ({"files": {"image": ("a.png", good[: len(good) // 2], "image/png")}}, True),  # 422
+        ({"files": {"image": ("a.png", b"", "image/png")}}, True),  # empty: 422
+        ({"files": {"image": ("a.txt", b"hello", "text/plain")}}, True),  # text part: 415
+        ({"json": {"image": "a.png"}}, True),  # not multipart: 415
+        ({"data": {"image": "http://example.com/a.png"}}, True),  # a URL, not a file: 415
+        ({"files": {"picture": ("a.png", good, "image/png")}}, True),  # no image field: 400
+        ({"files": {"image": ("a.png", big, "image/png")}}, True),  # oversize: 413
+        # BentoML's own validation message names the endpoint's input type: status only
+        ({"files": {"image": ("a.png", good, "image/png")}, "data": {"invert": "maybe"}}, False),
+    ]
+    for kwargs, same_message in cases:
+        explained = requests.post(f"{service_url}/explain", timeout=60, **kwargs)
+        classified = requests.post(f"{service_url}/classify", timeout=60, **kwargs)
+        assert 400 <= explained.status_code < 500, (kwargs.keys(), explained.text)
+        assert explained.status_code == classified.status_code, explained.text
+        assert "error" in explained.json()
+        if same_message:
+            assert explained.json()["error"] == classified.json()["error"].replace(
+                "/classify", "/explain"
+            )
+    wrong_method = requests.get(f"{service_url}/explain", timeout=10)
+    assert wrong_method.status_code == 405 and "use POST" in wrong_method.json()["error"]
+
+
+def test_samples_are_test_images_of_every_class(service_url, test_images):
+    samples = requests.get(f"{service_url}/samples", timeout=10).json()["samples"]
+    x, y = test_images
+    assert len(samples) == 20
+    assert sorted(s["class_id"] for s in samples) == sorted(list(range(10)) * 2)
+    for s in samples:
+        assert s["class_name"] == CLASS_NAMES[s["class_id"]] and y[s["index"]] == s["class_id"]
+        assert np.array_equal(decode(s["image"]), x[s["index"]])
+
+
+def test_page_is_served_offline(service_url):
+    """/ui redirects to the page; its files are all local (no CDN, nothing to fetch elsewhere)."""
+    resp = requests.get(f"{service_url}/ui", timeout=10, allow_redirects=False)
+    assert resp.status_code in (301, 302, 307, 308) and resp.headers["location"].endswith("/ui/")
+    for name in ("", "app.js", "style.css"):
+        page = requests.get(f"{service_url}/ui/{name}", timeout=10)
+        assert page.status_code == 200, name
+        assert not re.search(r"https?://", page.text), f"/ui/{name} refers to another host"
+
+
+# --- the page in Chromium --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: run scripts/system-deps.sh test (Debian's chromium)"
+        )
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield chromium
+        chromium.close()
+
+
+class Console:
+    """Console errors and uncaught exceptions of a page."""
+
+    def __init__(self, page) -> None:
+        self.errors: list[str] = []
+        page.on(
+            "console", lambda m: m.type == "error" and self.errors.append(f"{m.text} {m.location}")
+        )
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+
+def open_page(browser, service_url: str, **context) -> tuple:
+    ctx = browser.new_context(**context)
+    page = ctx.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    console = Console(page)
+    page.goto(f"{service_url}/ui/")
+    return page, console
+
+
+@pytest.fixture
+def desktop(browser, service_url) -> Iterator[tuple]:
+    page, console = open_page(browser, service_url, viewport=DESKTOP)
+    yield page, console
+    page.context.close()
+
+
+def explained(page) -> dict:
+    """Wait for an answer to be drawn; the numbers the page shows."""
+    page.wait_for_selector("#inside:not([hidden])")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Explained')")
+    return {
+        "top": page.inner_text("#top-class"),
+        "probabilities": page.eval_on_selector_all(
+            "#probabilities li", "items => items.map(i => Number(i.dataset.probability))"
+        ),
+        "caption": page.inner_text("#seen-caption"),
+    }
+
+
+def images_loaded(page) -> list[dict]:
+    """Every image in the answer: loaded and decoded (a broken data URL has naturalWidth 0)."""
+    page.wait_for_function(
+        "[...document.querySelectorAll('#result img, #inside img')].every(i => i.complete)"
+    )
+    return page.eval_on_selector_all(
+        "#result img, #inside img",
+        "imgs => imgs.map(i => ({alt: i.alt, width: i.naturalWidth, shown: i.clientWidth}))",
+    )
+
+
+def save_screenshot(
+    page, tmp_path: Path, name: str, height: int | None = None, publish: bool = False
+) -> Path:
+    """The whole page (or its top `height` pixels) to tmp_path, and if `publish` also to
+    FASHION_MNIST_SCREENSHOTS (README's image comes from there)."""
+    path = tmp_path / name
+    width = page.viewport_size["width"]
+    clip = {"x": 0, "y": 0, "width": width, "height": height} if height else None
+    page.screenshot(path=path, full_page=True, clip=clip)
+    if publish and os.environ.get("FASHION_MNIST_SCREENSHOTS"):
+        dest = Path(os.environ["FASHION_MNIST_SCREENSHOTS"])
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest / name)
+    return path
+
+
+def test_upload_shows_classify_answer_layers_and_model(
+    desktop, service_url, champion, test_images, evaluated, tmp_path
+):
+    page, console = desktop
+    x, _ = test_images
+    i = clear_item(evaluated)
+    image = tmp_path / f"test-{i}.png"
+    image.write_bytes(png(x[i]))
+    meta = requests.get(f"{service_url}/metadata", timeout=10).json()
+    page.wait_for_function("document.getElementById('model').textContent.includes('version')")
+    model_line = page.inner_text("#model")
+    assert (
+        meta["model"]["name"] in model_line and f"version {meta['model']['version']}" in model_line
+    )
+    assert f"{100 * meta['test_accuracy']:.1f}%" in model_line
+
+    page.set_input_files("#file", image)
+    shown = explained(page)
+    classified = post(service_url, "/classify", image.read_bytes()).json()
+    assert shown["top"] == classified["class_name"]
+    assert sum(shown["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+    assert "not inverted" in shown["caption"]
+
+    layers = post(service_url, "/explain", image.read_bytes()).json()["layers"]
+    images = images_loaded(page)
+    assert len(images) == 1 + 1 + len(layers)  # what it saw, the filters, one grid per layer
+    assert all(img["width"] > 0 and img["shown"] > 0 for img in images), images
+    captions = page.eval_on_selector_all("#layers figcaption", "c => c.map(x => x.textContent)")
+    for layer, caption in zip(layers, captions, strict=True):
+        n, f, p, s = (layer[k] for k in ("n_in", "f", "p", "s"))
+        assert caption.startswith(layer["layer"])
+        assert f"n = {n}, f = {f}, p = {p:g}, s = {s}" in caption
+        assert layer["formula"] in caption
+    assert "learned" in page.inner_text("#filters-caption")
+    # README's: from the top down to the first row of feature maps.
+    first_row_end = page.evaluate(
+        "Math.ceil(Math.max(...[...document.querySelectorAll('#layers .layer')].slice(0, 2)"
+        ".map(f => f.getBoundingClientRect().bottom)) + window.scrollY + 16)"
+    )
+    save_screenshot(page, tmp_path, "ui-explain.png", height=first_row_end, publish=True)
+    assert console.errors == []
+
+
+def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
+    """Drag the mouse through each stroke's points, given as fractions of the canvas."""
+    box = page.locator("#canvas").bounding_box()
+    for stroke in strokes:
+        points = [
+            (box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in stroke
+        ]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for point in points[1:]:
+            page.mouse.move(*point, steps=8)
+        page.mouse.up()
+
+
+def test_drawing_is_explained(desktop):
+    page, console = desktop
+    # A trouser-like shape: two long legs joined at the top.
+    with page.expect_response("**/explain") as answer:
+        draw(page, [[(0.35, 0.15), (0.65, 0.15)], [(0.38, 0.15), (0.36, 0.9)]])
+    sent = answer.value.json()
+    shown = explained(page)
+    assert len(shown["probabilities"]) == 10
+    assert sum(shown["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+    assert shown["top"] in CLASS_NAMES
+    pixels = np.array(sent["pixels"])
+    assert sent["inverted"] is False and 0 < (pixels > 128).mean() < 0.5  # light strokes on dark
+
+    with page.expect_response("**/explain"):
+        draw(page, [[(0.62, 0.15), (0.64, 0.9)]])  # the second leg: explained again
+    explained(page)
+    page.click("#clear")
+    page.click("#explain-drawing")  # nothing drawn: the page says so, asks nothing
+    assert "Draw something first" in page.inner_text("#error")
+    assert console.errors == []
+
+
+def test_bad_file_shows_the_api_error(desktop, service_url, test_images, tmp_path):
+    page, console = desktop
+    bad = tmp_path / "not-an-image.png"
+    bad.write_bytes(b"hello, world")
+    page.set_input_files("#file", bad)
+    page.wait_for_selector("#error:not([hidden])")
+    api_error = post(service_url, "/explain", bad.read_bytes()).json()["error"]
+    assert api_error in page.inner_text("#error")
+    assert page.is_hidden("#inside") and page.is_hidden("#result")
+
+    good = tmp_path / "good.png"  # the page still works
+    good.write_bytes(png(test_images[0][1]))
+    page.set_input_files("#file", good)
+    explained(page)
+    assert page.is_hidden("#error")
+    # The browser itself logs the 415 response as a console error; nothing else may appear.
+    unexpected = [e for e in console.errors if not re.match(r"Failed to load resource: .* 415", e)]
+    assert unexpected == [] and len(console.errors) == 1
+
+
+def test_dropped_file_is_explained(desktop, test_images, evaluated):
+    page, console = desktop
+    x, _ = test_images
+    i = clear_item(evaluated)
+    payload = list(png(x[i]))
+    transfer = page.evaluate_handle(
+        """bytes => {
+            const data = new DataTransfer();
+            data.items.add(new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"}));
+            return data;
+        }""",
+        payload,
+    )
+    page.dispatch_event("#drop", "dragenter", {"dataTransfer": transfer})
+    assert "dragging" in page.get_attribute("#drop", "class")  # the zone shows it takes the drop
+    with page.expect_response("**/explain") as answer:
+        page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    shown = explained(page)
+    assert answer.value.json()["pixels"] == x[i].tolist()
+    assert shown["top"] == CLASS_NAMES[evaluated.loc[i, "predicted_id"]]
+    assert "dragging" not in page.get_attribute("#drop", "class")
+    assert console.errors == []
+
+
+def test_keyboard_reaches_every_control_and_explains_a_test_image(desktop):
+    page, console = desktop
+    controls = {
+        "file": page.get_by_label("Choose an image file"),
+        "random": page.get_by_role("button", name="Random test image"),
+        "invert": page.get_by_label("Invert to light on dark"),
+        "explain-drawing": page.get_by_role("button", name="Explain the drawing"),
+        "clear": page.get_by_role("button", name="Clear"),
+    }
+    for name, control in controls.items():  # each has an accessible name
+        assert control.get_attribute("id") == name
+    reached = []
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("document.activeElement.id"))
+    assert list(dict.fromkeys(c for c in reached if c in controls)) == list(controls)
+
+    page.focus("#invert")
+    page.keyboard.press("ArrowDown")  # "always": a test image, light on dark, gets inverted
+    assert page.input_value("#invert") == "true"
+    page.focus("#random")
+    with page.expect_response("**/explain") as answer:
+        page.keyboard.press("Enter")
+    shown = explained(page)
+    assert answer.value.json()["inverted"] is True
+    assert "inverted (invert=true)" in shown["caption"]
+    assert "not inverted" not in shown["caption"]
+    assert re.search(r"test image #\d+ \(labelled .+\)", page.inner_text("#status"))
+    assert console.errors == []
+
+
+def test_phone_screen_fits_and_takes_a_finger(browser, service_url, test_images, tmp_path):
+    page, console = open_page(
+        browser, service_url, viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2
+    )
+    try:
+        image = tmp_path / "item.png"
+        image.write_bytes(png(test_images[0][2]))
+        page.set_input_files("#file", image)
+        explained(page)
+        assert all(img["width"] > 0 for img in images_loaded(page))
+        width = page.evaluate(
+            "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert width[0] <= width[1], f"horizontal overflow on a {PHONE['width']}px screen: {width}"
+        box = page.locator("#canvas").bounding_box()
+        assert box["width"] <= PHONE["width"]
+        with page.expect_response("**/explain") as answer:
+            page.touchscreen.tap(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        assert np.array(answer.value.json()["pixels"]).max() > 0  # the finger drew a dot
+        save_screenshot(page, tmp_path, "ui-phone.png", height=1500)
+        assert console.errors == []
+    finally:
+        page.context.close()
