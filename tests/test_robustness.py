@@ -108,6 +108,12 @@ def test_two_workers_both_answer(pipeline_run, pipeline_env, champion, tmp_path,
     cmd = [str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = tmp_path / "serve.log"
     proc = start_server(cmd, pipeline_run, env, log, f"{url}/readyz", 240)
+
+    def answering() -> set[str]:
+        # Access log lines name the worker: [entry_service:fashion_classifier:<worker id>]
+        pattern = r"\[entry_service:fashion_classifier:(\d+)\].*path=/predict"
+        return set(re.findall(pattern, log.read_text()))
+
     try:
         x, _ = test_images
         body = {"images": [x[0].tolist()]}
@@ -115,13 +121,15 @@ def test_two_workers_both_answer(pipeline_run, pipeline_env, champion, tmp_path,
         def call(_: int) -> int:
             return requests.post(f"{url}/predict", json=body, timeout=60).status_code
 
+        # The kernel hands connections to whichever worker accepts first; a busy machine can
+        # send one round to a single worker, so keep sending rounds until both have answered.
+        statuses: list[int] = []
         with ThreadPoolExecutor(16) as pool:
-            statuses = list(pool.map(call, range(200)))
+            for _ in range(10):
+                statuses += pool.map(call, range(200))
+                if answering() == {"1", "2"}:
+                    break
     finally:
         stop(proc)
-    assert statuses == [200] * 200
-    # Access log lines name the worker: [entry_service:fashion_classifier:<worker id>]
-    workers = set(
-        re.findall(r"\[entry_service:fashion_classifier:(\d+)\].*path=/predict", log.read_text())
-    )
-    assert workers == {"1", "2"}, f"requests answered by worker(s) {workers}"
+    assert statuses == [200] * len(statuses)
+    assert answering() == {"1", "2"}, f"requests answered by worker(s) {answering()}"
