@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 UV_VERSION := 0.13.8
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test setup system-data system-test lint format lock serve build monitor bench-train bench-serve load-test
+.PHONY: repro test setup system-data system-test lint format lock serve build monitor bench-train bench-serve bench-monitoring load-test
 
 repro: setup system-data  ## set everything up, then run the whole pipeline on the default params
 	dvc repro
@@ -54,6 +54,9 @@ bench-train:  ## default CNN vs the plain two-conv reference (needs `dvc repro p
 
 bench-serve:  ## the service vs a no-op BentoML, BentoML's batcher, mlflow models serve, runtimes
 	python benchmarks/serve_benchmark.py
+
+bench-monitoring:  ## the service with prediction recording on vs off (interleaved restarts)
+	python benchmarks/monitoring_cost.py
 
 load-test:  ## 10,000 mixed good/bad requests at concurrency 32 against a fresh `bentoml serve`
 	python benchmarks/load_test.py

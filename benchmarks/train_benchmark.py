@@ -1,9 +1,16 @@
 """Train the default CNN (params.yaml) and a plain two-conv reference on the same data and machine.
 
-Prints a table (test accuracy, seconds per epoch, total training time, parameter count) and writes
+Prints a table (validation and test accuracy, also with horizontal-flip test-time averaging
+computed outside the model, seconds per epoch, total training time, FLOPs, parameters) and writes
 benchmarks/results/train.json. Needs the prepared data: run `dvc repro prepare` first.
 
     python benchmarks/train_benchmark.py [--only default|reference] [--epochs N]
+    python benchmarks/train_benchmark.py --only default --name stride2 \\
+        --set model.conv_blocks.0.strides=2 --set model.conv_blocks.0.pool=null --set train.epochs=16
+
+`--set KEY=VALUE` changes the default's params like `dvc exp run -S` (dotted keys, list indices as
+numbers, YAML values) and is validated like params.yaml: this is how candidates for the default
+are measured (README, "Choosing the default architecture"). The reference is never changed.
 """
 
 from __future__ import annotations
@@ -15,10 +22,23 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
+import yaml
+
+from pipeline.architecture import forward_flops
 from pipeline.dataset import load_split
-from pipeline.evaluate import evaluate_predictions
 from pipeline.inference import Classifier
-from pipeline.params import ConvBlock, DenseLayer, ModelParams, PoolParams, TrainParams, load_params
+from pipeline.params import (
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    ConvBlock,
+    DenseLayer,
+    ModelParams,
+    Params,
+    PoolParams,
+    TrainParams,
+    parse_params,
+)
 from pipeline.train import fit_model
 
 
@@ -36,6 +56,7 @@ def reference(train: TrainParams) -> tuple[ModelParams, TrainParams]:
     model = ModelParams(
         conv_blocks=[ConvBlock(filters=32, **block), ConvBlock(filters=64, **block)],
         dense=[DenseLayer(units=128, dropout=0.0)],
+        test_time_flip=False,
     )
     plain = train.model_copy(
         update={
@@ -56,45 +77,100 @@ def reference(train: TrainParams) -> tuple[ModelParams, TrainParams]:
     return model, plain
 
 
+def with_overrides(raw: dict, overrides: list[str]) -> Params:
+    """params.yaml's mapping with `a.b.0.c=value` overrides applied (YAML values), validated."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item}: expected KEY=VALUE")
+        *path, last = key.split(".")
+        node = raw
+        for part in path:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, list):
+            node[int(last)] = yaml.safe_load(value)
+        else:
+            node[last] = yaml.safe_load(value)
+    return parse_params(
+        raw, f"params.yaml with {' '.join(overrides)}" if overrides else "params.yaml"
+    )
+
+
+def accuracies(model, split) -> tuple[float, float]:
+    """Accuracy on a split, and with the average of each image's and its mirror's probabilities."""
+    classifier = Classifier(model)
+    proba = classifier.predict_proba(split.x)
+    mirrored = classifier.predict_proba(np.ascontiguousarray(split.x[:, :, ::-1]))
+    plain = float((proba.argmax(1) == split.y).mean())
+    flip = float((((proba + mirrored) / 2).argmax(1) == split.y).mean())
+    return plain, flip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data/prepared"))
     parser.add_argument("--only", choices=["default", "reference"])
     parser.add_argument("--epochs", type=int, help="override epochs (quick check, not a benchmark)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the default's params (repeatable), like dvc exp run -S")  # fmt: skip
+    parser.add_argument("--name", default="default", help="the changed default's name in the table")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train.json"))
     args = parser.parse_args()
-    params = load_params()
+    params = with_overrides(yaml.safe_load(Path("params.yaml").read_text()), args.set)
     train, val, test = (load_split(args.data / f"{s}.npz") for s in ("train", "val", "test"))
-    candidates = {"default": (params.model, params.train), "reference": reference(params.train)}
+    candidates = {args.name: (params.model, params.train), "reference": reference(params.train)}
     results = []
     for name, (model_params, train_params) in candidates.items():
-        if args.only and name != args.only:
+        if args.only and (name == "reference") != (args.only == "reference"):
             continue
         if args.epochs:
             train_params = train_params.model_copy(update={"epochs": args.epochs})
         started = time.perf_counter()
         model, history = fit_model(model_params, train_params, train, val)
         seconds = time.perf_counter() - started
-        metrics = evaluate_predictions(test.y, Classifier(model).predict_proba(test.x)).metrics
+        val_acc, val_flip = accuracies(model, val)
+        test_acc, test_flip = accuracies(model, test)
+        flops = sum(
+            forward_flops(
+                IMAGE_SIZE,
+                model_params.conv_blocks,
+                [d.units for d in model_params.dense],
+                NUM_CLASSES,
+            ).values()
+        )
         results.append(
             {
                 "model": name,
-                "test_accuracy": round(metrics["test_accuracy"], 4),
+                "val_accuracy": round(val_acc, 4),
+                "test_accuracy": round(test_acc, 4),
+                "val_accuracy_flip_tta": round(val_flip, 4),
+                "test_accuracy_flip_tta": round(test_flip, 4),
+                "best_epoch": history.attrs["best_epoch"],
                 "epochs": len(history),
                 "seconds_per_epoch": round(float(history["epoch_seconds"].mean()), 1),
                 "training_seconds": round(seconds, 1),
                 "parameters": model.count_params(),
+                "mflops_per_image": round(flops / 1e6, 2),
+                # forward + backward (~3x forward) on the training images, forward on validation
+                "gflops_per_epoch": round(flops * (3 * len(train) + len(val)) / 1e9),
+                "overrides": args.set if name != "reference" else [],
             }
         )
     header = (
-        f"{'model':<10} {'test acc':>8} {'epochs':>6} {'s/epoch':>8} {'train s':>8} {'params':>9}"
+        f"{'model':<12} {'val':>6} {'test':>6} {'val+f':>6} {'test+f':>6} {'ep':>3} "
+        f"{'s/ep':>5} {'train s':>7} {'x ref':>5} {'MFLOP':>6} {'params':>8}"
     )
     print(header)
+    ref = next((r["training_seconds"] for r in results if r["model"] == "reference"), None)
     for r in results:
+        ratio = f"{r['training_seconds'] / ref:.1f}" if ref else "-"
         print(
-            f"{r['model']:<10} {r['test_accuracy']:>8.4f} {r['epochs']:>6} {r['seconds_per_epoch']:>8.1f} "
-            f"{r['training_seconds']:>8.0f} {r['parameters']:>9,}"
+            f"{r['model']:<12} {r['val_accuracy']:>6.4f} {r['test_accuracy']:>6.4f} "
+            f"{r['val_accuracy_flip_tta']:>6.4f} {r['test_accuracy_flip_tta']:>6.4f} "
+            f"{r['epochs']:>3} {r['seconds_per_epoch']:>5.1f} {r['training_seconds']:>7.0f} "
+            f"{ratio:>5} {r['mflops_per_image']:>6.1f} {r['parameters']:>8,}"
         )
+    print("val+f / test+f: with horizontal-flip test-time averaging (not part of the saved model)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
     args.out.write_text(

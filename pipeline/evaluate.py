@@ -28,7 +28,7 @@ from pipeline.architecture import layer_table
 from pipeline.dataset import CLASS_NAMES, Split, load_split
 from pipeline.figures import confusion_figure, feature_maps_figure, filters_figure, mistakes_figure
 from pipeline.inference import CHUNK, Classifier, file_sha256
-from pipeline.model import spatial_sizes
+from pipeline.model import network, spatial_sizes
 from pipeline.params import IMAGE_SIZE, NUM_CLASSES, ModelParams, load_params
 from pipeline.progress import Progress, duration
 from pipeline.tracking import log_split, use_experiment
@@ -90,9 +90,10 @@ def layer_frame(model: keras.Model, params: ModelParams) -> pd.DataFrame:
 
 def first_layer_views(model: keras.Model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """First conv layer's kernels and its activations (after the activation function) on `image`."""
-    conv = model.get_layer("conv_0")
-    act = model.get_layer("act_0")
-    probe = keras.Model(model.inputs[0], act.output)
+    net = network(model)
+    conv = net.get_layer("conv_0")
+    act = net.get_layer("act_0")
+    probe = keras.Model(net.inputs[0], act.output)
     maps = keras.ops.convert_to_numpy(probe(image[None], training=False))[0]
     return keras.ops.convert_to_numpy(conv.kernel), maps
 

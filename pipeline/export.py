@@ -114,14 +114,20 @@ def export_explainer(model_file: Path, out_dir: Path, test: Split) -> ExplainerE
     """Write explainer.onnx and explainer.json for a saved .keras model into `out_dir`."""
     import keras
 
+    from pipeline.model import network
+
     model = keras.saving.load_model(model_file, compile=False)
-    rows = explained_layers(model)
-    outputs = [model.get_layer(row["output"]).output for row in rows]
-    explainer = keras.Model(model.inputs, [*outputs, model.outputs[0]], name="explainer")
+    net = network(model)  # the layers are the network's (the same with a test-time flip around)
+    rows = explained_layers(net)
+    maps = keras.Model(net.inputs, [net.get_layer(row["output"]).output for row in rows])
+    # The probabilities are the saved model's own (flip-averaged when it has the flip), so
+    # /explain answers what /classify answers.
+    pixels = keras.Input((IMAGE_SIZE, IMAGE_SIZE), dtype="uint8", name="pixels")
+    explainer = keras.Model(pixels, [*maps(pixels), model(pixels)], name="explainer")
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_file = _export(explainer, out_dir / EXPLAINER_ONNX)
 
-    kernel = keras.ops.convert_to_numpy(model.get_layer(rows[0]["layer"]).kernel)  # (f, f, 1, c)
+    kernel = keras.ops.convert_to_numpy(net.get_layer(rows[0]["layer"]).kernel)  # (f, f, 1, c)
     picked = sample_indices(test.y)
     images = test.x[picked]
     description = {
@@ -139,5 +145,5 @@ def export_explainer(model_file: Path, out_dir: Path, test: Split) -> ExplainerE
     }
     json_file = out_dir / EXPLAINER_JSON
     json_file.write_text(json.dumps(description, separators=(",", ":")) + "\n")
-    reference = [keras.ops.convert_to_numpy(o) for o in explainer([images], training=False)]
+    reference = [keras.ops.convert_to_numpy(o) for o in explainer(images, training=False)]
     return ExplainerExport(onnx_file, json_file, images, reference)

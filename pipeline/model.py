@@ -1,4 +1,9 @@
-"""Build the Keras CNN described by params `model:` and read back its layer shapes."""
+"""Build the Keras CNN described by params `model:` and read back its layer shapes.
+
+Training fits the network (`build_model`). With `model.test_time_flip` the saved model wraps it
+(`with_test_time_flip`): the same weights applied to each image and to its mirror image, the two
+answers averaged. Everything that looks inside a saved model goes through `network()`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from keras import layers
 
 from pipeline.params import IMAGE_SIZE, NUM_CLASSES, ModelParams
 from pipeline.preprocess import preprocessing_layers
+
+NETWORK_NAME = "fashion_cnn"
 
 
 def build_model(params: ModelParams) -> keras.Sequential:
@@ -44,13 +51,36 @@ def build_model(params: ModelParams) -> keras.Sequential:
         if d.dropout:
             stack.append(layers.Dropout(d.dropout, name=f"dropout_{j}"))
     stack.append(layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities"))
-    return keras.Sequential(stack, name="fashion_cnn")
+    return keras.Sequential(stack, name=NETWORK_NAME)
+
+
+def with_test_time_flip(network: keras.Model) -> keras.Model:
+    """The model to save when model.test_time_flip: uint8 pixels in, the average of the network's
+    probabilities for each image and for its left-right mirror image out.
+
+    A clothing item and its mirror image are the same class, and the network has seen both
+    (horizontal flips are a training augmentation), so the two answers' errors partly cancel.
+    No weights of its own: training cost is unchanged, inference costs two forward passes. Only
+    built-in Keras operations, so the saved file loads anywhere Keras does (plain mlflow.pyfunc).
+    """
+    pixels = keras.Input((IMAGE_SIZE, IMAGE_SIZE), dtype="uint8", name="pixels")
+    mirrored = keras.ops.flip(pixels, axis=2)  # (N, rows, columns): reverse the columns, exactly
+    both = [network(pixels), network(mirrored)]
+    return keras.Model(pixels, layers.Average(name="flip_average")(both), name="fashion_cnn_tta")
+
+
+def network(model: keras.Model) -> keras.Model:
+    """The CNN of a saved model: the model itself, or the network inside its test-time flip."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Sequential) and layer.name == NETWORK_NAME:
+            return layer
+    return model
 
 
 def spatial_sizes(model: keras.Model) -> dict[str, int]:
     """Output height of every conv_/pool_ layer, as Keras computed it (name -> size)."""
     return {
         layer.name: layer.output.shape[1]
-        for layer in model.layers
+        for layer in network(model).layers
         if layer.name.startswith(("conv_", "pool_")) and not layer.name.startswith("conv_dropout")
     }

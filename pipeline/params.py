@@ -67,6 +67,8 @@ class DenseLayer(_Strict):
 class ModelParams(_Strict):
     conv_blocks: list[ConvBlock] = Field(min_length=1)
     dense: list[DenseLayer]
+    # The saved model averages its answers for the image and its mirror image (pipeline/model.py).
+    test_time_flip: bool
 
     @model_validator(mode="after")
     def _fits_the_image(self) -> ModelParams:
@@ -105,6 +107,8 @@ class RegisterParams(_Strict):
 
 
 class MonitoringParams(_Strict):
+    # False: nothing is recorded or counted (benchmarks/monitoring_cost.py measures the difference).
+    enabled: bool
     # Directory of the prediction records (JSON lines), relative to the service's working
     # directory; None: predictions are only counted in /metrics, not recorded.
     records_dir: str | None = Field(min_length=1)

@@ -81,9 +81,18 @@ def file_name(day: dt.date, host: str, pid: int) -> str:
     return f"predictions-{day.isoformat()}-{host}-{pid}.jsonl"
 
 
+def format_times(seconds: Sequence[float]) -> list[str]:
+    """Unix times -> ISO 8601 UTC with milliseconds, e.g. 2026-11-26T09:30:00.123Z.
+
+    Vectorised: one datetime object per record was the recorder thread's largest cost.
+    """
+    ms = np.floor(np.asarray(seconds, dtype=np.float64) * 1000).astype("datetime64[ms]")
+    return [t + "Z" for t in np.datetime_as_string(ms, unit="ms").tolist()]
+
+
 def format_time(seconds: float) -> str:
-    """Unix time -> ISO 8601 UTC with milliseconds, e.g. 2026-11-26T09:30:00.123Z."""
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    """One Unix time -> ISO 8601 UTC with milliseconds (see format_times)."""
+    return format_times([seconds])[0]
 
 
 def record_lines(
@@ -105,10 +114,11 @@ def record_lines(
         "bright_fraction": np.round(features["bright_fraction"], 4).tolist(),
         "log2_aspect": np.round(features["log2_aspect"], 4).tolist(),
     }
+    stamps = format_times(times)
     lines = []
     for i in range(len(pixels)):
         record = {
-            "time": format_time(times[i]),
+            "time": stamps[i],
             "model_version": model_version,
             "bento_model": bento_model,
             "endpoint": endpoints[i],

@@ -302,6 +302,7 @@ def model_card(candidate: dict[str, Any], run: Run, version: str, name: str, wor
     per_class = pd.read_csv(run_artifact(run.info.run_id, "evaluation/per_class.csv", workdir))
     f1 = "\n".join(f"| {r['class']} | {r['f1']:.3f} |" for _, r in per_class.iterrows())
     metrics = run.data.metrics
+    flip = "yes" if run.data.params.get("model.test_time_flip") == "True" else "no"
     return f"""\
 Fashion-MNIST CNN (Keras 3). Input: uint8 pixels (N, 28, 28), light on dark; output: the ten
 class probabilities (N, 10). Scaling to [0, 1] is built into the model.
@@ -312,6 +313,7 @@ class probabilities (N, 10). Scaling to [0, 1] is built into the model.
 | test accuracy (reported only) | {candidate["test_accuracy"]:.4f} |
 | test macro F1 | {metrics.get("test_macro_f1", float("nan")):.4f} |
 | parameters | {int(metrics.get("param_count", 0)):,} |
+| test-time flip (answers averaged with the mirror image's) | {flip} |
 | best epoch | {int(metrics.get("best_epoch", 0))} |
 | training run | {run.info.run_id} ({run.info.run_name}) |
 | git commit | {candidate["git_commit"]} |

@@ -37,10 +37,10 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from pipeline.architecture import format_table, layer_table
+from pipeline.architecture import format_table, forward_flops, layer_table
 from pipeline.dataset import Split, content_hash, load_split, write_atomically
-from pipeline.inference import file_sha256
-from pipeline.model import build_model
+from pipeline.inference import Classifier, file_sha256
+from pipeline.model import build_model, with_test_time_flip
 from pipeline.multi_worker import (
     gathered,
     is_chief,
@@ -198,9 +198,29 @@ def train_batches(train: Split, params: TrainParams, first_epoch: int = 0) -> tf
     return _sharded_by_data(epochs.flat_map(epoch).prefetch(tf.data.AUTOTUNE))
 
 
-def val_batches(val: Split, params: TrainParams) -> tf.data.Dataset:
-    batches = _pairs(val).batch(max(params.batch_size, 256))
-    return _sharded_by_data(batches.prefetch(tf.data.AUTOTUNE))
+class Validation(keras.callbacks.Callback):
+    """val_loss and val_accuracy of the model that will be saved, into each epoch's logs.
+
+    First in the callback list, so EarlyStopping and the loggers read its numbers: the epoch kept
+    is the one whose saved model (with model.test_time_flip, the flip-averaged answers) does best
+    on the validation split. Direct calls on each worker, no collective step: under multi_worker
+    every worker computes the same numbers.
+    """
+
+    def __init__(self, saved: keras.Model, val: Split, label_smoothing: float) -> None:
+        super().__init__()
+        self.saved = saved
+        self.val = val
+        self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+        self._classifier: Classifier | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._classifier = self._classifier or Classifier(self.saved)
+        proba = self._classifier.predict_proba(self.val.x)
+        onehot = keras.utils.to_categorical(self.val.y, NUM_CLASSES)
+        if logs is not None:
+            logs["val_loss"] = float(keras.ops.convert_to_numpy(self.loss(onehot, proba)))
+            logs["val_accuracy"] = float((proba.argmax(axis=1) == self.val.y).mean())
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -268,7 +288,8 @@ def fit_model(
     strategy: tf.distribute.Strategy | None = None,
     resume: Resume | None = None,
 ) -> tuple[keras.Model, pd.DataFrame]:
-    """Build, compile and fit the CNN; returns the model (best weights restored) and its history.
+    """Build, compile and fit the CNN; returns the model to save (best weights restored: the
+    network, or with model.test_time_flip the network wrapped in it) and its history.
 
     verbose=0 prints nothing. With `resume`, the state is saved after every epoch, and training
     continues from resume.saved when there is one (history then includes its epochs).
@@ -281,6 +302,7 @@ def fit_model(
     steps = steps_per_epoch(len(train), train_params.batch_size)
     with strategy.scope():
         model = build_model(model_params)
+        saved = with_test_time_flip(model) if model_params.test_time_flip else model
         model.compile(
             optimizer=make_optimizer(train_params, steps),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_params.label_smoothing),
@@ -300,18 +322,24 @@ def fit_model(
     with keras_fixes(strategy):
         model.fit(
             train_batches(train, train_params, first_epoch),
-            validation_data=val_batches(val, train_params),
             epochs=train_params.epochs,
             initial_epoch=first_epoch,
             steps_per_epoch=steps,
-            callbacks=[logger, stop, *keep, *shown, *callbacks],
+            callbacks=[
+                Validation(saved, val, train_params.label_smoothing),
+                logger,
+                stop,
+                *keep,
+                *shown,
+                *callbacks,
+            ],
             verbose=0,
             shuffle=False,  # the dataset shuffles, by epoch
         )
     history = pd.DataFrame(logger.rows)
     # EarlyStopping restores the weights of the first epoch with the best val_accuracy.
     history.attrs["best_epoch"] = int(history["val_accuracy"].idxmax()) + 1
-    return model, history
+    return saved, history
 
 
 def best_epoch_metrics(history: pd.DataFrame) -> dict[str, float]:
@@ -398,7 +426,11 @@ def _train_as_chief(
 ) -> str:
     """Train under an MLflow run (the interrupted one, when resuming), write the outputs."""
     provenance = json.loads(sources.read_text())
-    table = format_table(layer_table(IMAGE_SIZE, params.model.conv_blocks))
+    blocks = params.model.conv_blocks
+    dense = [d.units for d in params.model.dense]
+    table = format_table(
+        layer_table(IMAGE_SIZE, blocks), forward_flops(IMAGE_SIZE, blocks, dense, NUM_CLASSES)
+    )
     print(table)
     epochs = params.train.epochs
     with (

@@ -187,9 +187,20 @@ class PredictionRecorder:
             LOW_CONFIDENCE.labels(endpoint).inc(n)
 
 
-def recorder(model_version: str, bento_model: str) -> PredictionRecorder:
+class NoRecorder:
+    """serve.monitoring.enabled: false: answers are neither recorded nor counted."""
+
+    def record(
+        self, endpoint: str, pixels: np.ndarray, answers: Sequence[Answer], inverted: bool = False
+    ) -> None:
+        """Do nothing."""
+
+
+def recorder(model_version: str, bento_model: str) -> PredictionRecorder | NoRecorder:
     """The recorder of this worker process, configured from params (and the environment)."""
     config = settings.serve_params().monitoring
+    if not config.enabled:
+        return NoRecorder()
     return PredictionRecorder(
         settings.records_dir(),
         model_version,

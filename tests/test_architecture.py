@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.architecture import format_table, layer_table, output_size
+from pipeline.architecture import format_table, forward_flops, layer_table, output_size
 from pipeline.inference import Classifier
-from pipeline.model import build_model, spatial_sizes
+from pipeline.model import build_model, network, spatial_sizes, with_test_time_flip
 from pipeline.params import ConvBlock, DenseLayer, ModelParams, PoolParams
 
 pytestmark = pytest.mark.model
@@ -53,6 +53,16 @@ def test_table_rows_and_text():
     text = format_table(rows)
     assert "floor((28 + 2*0.5 - 3) / 2) + 1 = 14" in text
     assert text.endswith("flatten: 7 x 7 x 4 = 196 features")
+    # 14x14 outputs, each 3x3 taps x 1 input channel x 4 filters multiply-adds; then dense to 10.
+    flops = forward_flops(
+        28, [conv_block(strides=2, padding="same", batch_norm=False, dropout=0.0)], [], 10
+    )
+    assert flops == {"conv_0": 2 * 14 * 14 * 9 * 1 * 4, "probabilities": 2 * 196 * 10}
+    costed = format_table(rows, flops)
+    assert "0.01  floor((28 + 2*0.5 - 3) / 2) + 1 = 14" in costed
+    assert costed.endswith(
+        "forward pass: 0.0 MFLOPs per image (conv and dense layers; training takes about 3x that per image)"
+    )
 
 
 blocks = st.builds(
@@ -78,9 +88,11 @@ def test_table_matches_keras_for_random_architectures(conv_blocks):
     except ValueError:
         # The table refuses exactly the architectures Keras cannot build either.
         with pytest.raises(ValueError):  # noqa: PT011 - Keras's message varies by layer
-            build_model(ModelParams.model_construct(conv_blocks=conv_blocks, dense=[]))
+            build_model(
+                ModelParams.model_construct(conv_blocks=conv_blocks, dense=[], test_time_flip=False)
+            )
         return
-    model = build_model(ModelParams(conv_blocks=conv_blocks, dense=[]))
+    model = build_model(ModelParams(conv_blocks=conv_blocks, dense=[], test_time_flip=False))
     assert spatial_sizes(model) == {r.layer: r.n_out for r in rows}
 
 
@@ -88,6 +100,7 @@ def test_built_model_predicts_probabilities():
     params = ModelParams(
         conv_blocks=[conv_block(strides=1, padding="valid", batch_norm=True, dropout=0.1)],
         dense=[DenseLayer(units=8, dropout=0.2)],
+        test_time_flip=False,
     )
     model = build_model(params)
     names = [layer.name for layer in model.layers]
@@ -103,3 +116,32 @@ def test_built_model_predicts_probabilities():
     with pytest.raises(ValueError, match=r"uint8 images of shape \(N, 28, 28\), got float32"):
         Classifier(model).predict_proba(images.astype(np.float32))
     assert isinstance(model, keras.Sequential)
+
+
+def test_test_time_flip_averages_image_and_mirror_and_loads_without_custom_code(tmp_path):
+    params = ModelParams(
+        conv_blocks=[conv_block(strides=1, padding="same", batch_norm=True, dropout=0.0)],
+        dense=[DenseLayer(units=8, dropout=0.0)],
+        test_time_flip=True,
+    )
+    net = build_model(params)
+    model = with_test_time_flip(net)
+    images = np.random.default_rng(1).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    plain = Classifier(net).predict_proba(images)
+    mirrored = Classifier(net).predict_proba(np.ascontiguousarray(images[:, :, ::-1]))
+    averaged = Classifier(model).predict_proba(images)
+    np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-6)
+    assert not np.allclose(averaged, plain, atol=1e-4)  # the mirror really is a different input
+    # A mirror-symmetric image gets exactly the network's own answer.
+    symmetric = np.concatenate([images[:, :, :14], images[:, :, :14][:, :, ::-1]], axis=2)
+    np.testing.assert_allclose(
+        Classifier(model).predict_proba(symmetric), Classifier(net).predict_proba(symmetric),
+        atol=1e-6,
+    )  # fmt: skip
+    assert model.count_params() == net.count_params()  # no weights of its own
+    # Saved and loaded in safe mode with no custom objects: what mlflow.pyfunc does.
+    model.save(tmp_path / "tta.keras")
+    loaded = keras.saving.load_model(tmp_path / "tta.keras", compile=False)
+    np.testing.assert_allclose(Classifier(loaded).predict_proba(images), averaged, atol=1e-6)
+    assert network(loaded).name == "fashion_cnn" and network(net) is net
+    assert spatial_sizes(loaded) == spatial_sizes(net) == {"conv_0": 28, "pool_0": 14}

@@ -162,6 +162,7 @@ def test_explained_layers_come_from_the_keras_model(blocks):
     params = ModelParams(
         conv_blocks=[{"activation": "relu", "dropout": 0.0, **b} for b in blocks],
         dense=[{"units": 8, "dropout": 0.0}],
+        test_time_flip=False,
     )
     rows = explained_layers(build_model(params))
     expected = [r.as_dict() for r in layer_table(28, params.conv_blocks)]

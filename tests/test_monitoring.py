@@ -199,6 +199,31 @@ def test_recorder_writes_its_own_file_and_drops_rather_than_block(tmp_path):
 
 
 @pytest.mark.unit
+def test_monitoring_disabled_records_and_counts_nothing(tmp_path, monkeypatch):
+    import yaml
+
+    from service import monitoring, settings
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    raw["serve"]["monitoring"]["enabled"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("FASHION_MNIST_PARAMS", str(tmp_path / "params.yaml"))
+    monkeypatch.setenv("FASHION_MNIST_MONITORING_DIR", str(tmp_path / "records"))
+    settings.serve_params.cache_clear()
+    try:
+        recorder = monitoring.recorder("3", "m:1")
+        labels = {"class_name": "Trouser", "endpoint": "predict"}
+        before = REGISTRY.get_sample_value("fashion_predictions_total", labels) or 0.0
+        answer = SimpleNamespace(class_id=1, class_name="Trouser", confidence=0.9)
+        recorder.record("predict", tall_bar()[None], [answer])
+        assert isinstance(recorder, monitoring.NoRecorder)
+        assert not (tmp_path / "records").exists()
+        assert (REGISTRY.get_sample_value("fashion_predictions_total", labels) or 0.0) == before
+    finally:
+        settings.serve_params.cache_clear()
+
+
+@pytest.mark.unit
 def test_recorder_survives_an_unwritable_directory(tmp_path):
     from service.monitoring import PredictionRecorder
 

@@ -1,0 +1,132 @@
+"""What recording predictions costs the service: the same `bentoml serve` with
+serve.monitoring.enabled true and false, started in turn (interleaved rounds, so a slow spell of a
+shared machine hits both), each loaded like serve_benchmark.py's single-image /predict.
+
+Per round and setting: requests/s at concurrency 32 after a warm-up, p50 at concurrency 1, and the
+CPU time of the server's processes per request. The verdict is on medians over the rounds. Target
+(issue 13): recording costs at most 5% of the throughput. Needs the champion in the BentoML store.
+
+    python benchmarks/monitoring_cost.py [--rounds 5] [--seconds 10]
+
+Prints a table and writes benchmarks/results/monitoring-cost-<time>.json (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from benchmarks.serve_benchmark import cpu_model, load, test_images  # noqa: E402
+from benchmarks.servers import free_port, start_server, stop  # noqa: E402
+
+TARGET_DROP = 0.05
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants so far."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:  # a process that exited meanwhile
+            pass
+    return total
+
+
+def measure(port: int, pid: int, body: bytes, seconds: float) -> dict:
+    url = f"http://127.0.0.1:{port}/predict"
+    asyncio.run(load(url, body, "application/json", 32, seconds, 0))  # warm-up to a steady state
+    before = tree_cpu_seconds(pid)
+    loaded = asyncio.run(load(url, body, "application/json", 32, seconds, 0))
+    cpu = tree_cpu_seconds(pid) - before
+    alone = asyncio.run(load(url, body, "application/json", 1, seconds / 2, 1))
+    return {
+        "rps_c32": loaded["rps"],
+        "p50_ms_c1": alone["p50_ms"],
+        "server_cpu_ms_per_request": 1000 * cpu / loaded["requests"],
+        "errors": loaded["errors"] + alone["errors"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    body = json.dumps({"images": [test_images(1)[0].tolist()]}).encode()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for enabled in (True, False):
+            raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+            raw["serve"]["monitoring"]["enabled"] = enabled
+            (Path(tmp) / f"params-{enabled}.yaml").write_text(yaml.safe_dump(raw))
+        for r in range(args.rounds):
+            # Alternate which setting goes first, so a trend over time favours neither.
+            for enabled in (True, False) if r % 2 == 0 else (False, True):
+                port = free_port()
+                env = {
+                    **os.environ,
+                    "FASHION_MNIST_PARAMS": str(Path(tmp) / f"params-{enabled}.yaml"),
+                    "FASHION_MNIST_MONITORING_DIR": str(Path(tmp) / "records"),
+                }
+                cmd = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1",
+                       "--port", str(port)]  # fmt: skip
+                log = args.out / f"monitoring-cost-{enabled}.log"
+                proc = start_server(cmd, ROOT, env, log, f"http://127.0.0.1:{port}/readyz", 300)
+                try:
+                    row = {
+                        "round": r,
+                        "recording": enabled,
+                        **measure(port, proc.pid, body, args.seconds),
+                    }
+                finally:
+                    stop(proc)
+                rows.append(row)
+                print(f"round {r} recording={enabled!s:<5} {row['rps_c32']:7.0f} req/s  "
+                      f"p50 {row['p50_ms_c1']:.2f} ms  {row['server_cpu_ms_per_request']:.3f} "
+                      f"CPU ms/request", flush=True)  # fmt: skip
+
+    def median(key: str, enabled: bool) -> float:
+        return statistics.median(r[key] for r in rows if r["recording"] is enabled)
+
+    keys = ("rps_c32", "p50_ms_c1", "server_cpu_ms_per_request")
+    summary = {k: {"on": median(k, True), "off": median(k, False)} for k in keys}
+    drop = 1 - summary["rps_c32"]["on"] / summary["rps_c32"]["off"]
+    verdict = {"throughput_drop": round(drop, 4), "target": TARGET_DROP, "met": drop <= TARGET_DROP}
+    print(f"\nmedians over {args.rounds} rounds    recording on   recording off   on/off")
+    for k in keys:
+        on, off = summary[k]["on"], summary[k]["off"]
+        print(f"{k:<28} {on:>12.3f} {off:>15.3f} {on / off:>8.3f}")
+    print(f"throughput drop {drop:.1%} (target <= {TARGET_DROP:.0%}): "
+          f"{'met' if verdict['met'] else 'MISSED'}")  # fmt: skip
+    result = {
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "rounds": rows,
+        "medians": summary,
+        "verdict": verdict,
+    }
+    out = args.out / f"monitoring-cost-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
