@@ -60,6 +60,9 @@ def _export(model: keras.Model, out: Path) -> Path:
 
 def export_onnx(model_file: Path, out: Path) -> Path:
     """Write the ONNX export of a saved .keras model to `out`; returns `out`."""
+    import pipeline.quiet_tensorflow  # noqa: F401 (TensorFlow without its start-up noise)
+
+    # isort: split
     import keras
 
     return _export(keras.saving.load_model(model_file, compile=False), out)
@@ -112,6 +115,9 @@ def sample_indices(labels: np.ndarray, per_class: int = SAMPLES_PER_CLASS) -> np
 
 def export_explainer(model_file: Path, out_dir: Path, test: Split) -> ExplainerExport:
     """Write explainer.onnx and explainer.json for a saved .keras model into `out_dir`."""
+    import pipeline.quiet_tensorflow  # noqa: F401 (TensorFlow without its start-up noise)
+
+    # isort: split
     import keras
 
     from pipeline.model import network

@@ -207,6 +207,8 @@ def champion_summary(client: MlflowClient, version: ModelVersion) -> dict[str, A
 
 def accuracy(model_file: Path, split: Split) -> float:
     """Accuracy of a saved model on a split, through the one inference path."""
+    import pipeline.quiet_tensorflow  # noqa: F401 (TensorFlow without its start-up noise)
+
     predicted = Classifier.from_file(model_file).predict_proba(split.x).argmax(axis=1)
     return float((predicted == split.y).mean())
 
