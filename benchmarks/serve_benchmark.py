@@ -277,6 +277,8 @@ def main() -> None:
         "servers": {},
     }
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_TRACKING_URI": tracking_uri()}
+    # `mlflow models serve` starts `uvicorn` from PATH: this interpreter's, even when not activated.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
 
     def measure(server: str, name: str, url: str, body: bytes, ctype: str, c: int, n=1) -> None:
         row = asyncio.run(load(url, body, ctype, c, args.seconds, args.warmup, n))
