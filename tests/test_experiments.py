@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import BIN, REPO, SMALL_RUN, base_env, copy_workspace, run, set_params
 
+from pipeline.params import load_params
+
 pytestmark = pytest.mark.e2e
 
 DVC = str(BIN / "dvc")
@@ -85,7 +87,8 @@ def test_every_revision_has_numeric_metrics(sweep):
             assert isinstance(metrics.get(key), int | float), f"{name}: {key} = {metrics.get(key)}"
         assert 0 < metrics["best_val_accuracy"] <= 1 and 0 < metrics["test_accuracy"] <= 1
         params_seen[name] = data["params"]["params.yaml"]["data"]["train"]["learning_rate"]
-    assert params_seen == {"baseline": 0.002, **EXPERIMENTS}
+    baseline = load_params(REPO / "params.yaml").train.learning_rate
+    assert params_seen == {"baseline": baseline, **EXPERIMENTS}
 
 
 def test_metrics_and_plots_diff_load_both_experiments(sweep):
