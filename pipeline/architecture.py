@@ -124,11 +124,11 @@ def forward_flops(
     """
     flops: dict[str, int] = {}
     channels = 1
-    rows = [r for r in layer_table(input_size, conv_blocks) if r.kind == "conv"]
-    for row in rows:
+    table = layer_table(input_size, conv_blocks)
+    for row in (r for r in table if r.kind == "conv"):
         flops[row.layer] = 2 * row.n_out**2 * row.f**2 * channels * row.channels
         channels = row.channels
-    last = layer_table(input_size, conv_blocks)[-1]
+    last = table[-1]
     features = last.n_out**2 * last.channels
     for j, units in enumerate([*dense_units, classes]):
         name = f"dense_{j}" if j < len(dense_units) else "probabilities"
