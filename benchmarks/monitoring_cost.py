@@ -29,7 +29,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from benchmarks.serve_benchmark import cpu_model, load, test_images  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
+from benchmarks.serve_benchmark import load, test_images  # noqa: E402
 from benchmarks.servers import free_port, start_server, stop  # noqa: E402
 
 TARGET_DROP = 0.05

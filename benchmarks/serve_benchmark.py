@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from benchmarks.load_test import png  # noqa: E402
+from benchmarks.machine import cpu_model, cpus  # noqa: E402
 from benchmarks.servers import free_port, start_server, stop  # noqa: E402
 from service import settings  # noqa: E402
 from service.schemas import Image28, Images, ModelRef, Prediction, Predictions  # noqa: E402
@@ -238,13 +238,6 @@ def ceilings(found: dict, seconds: float) -> dict:
     return result
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", nargs="+", default=["1", "2"], help="serve.workers values")
@@ -270,7 +263,7 @@ def main() -> None:
     results: dict = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": cpus(),
         "bento_model": str(model.tag),
         "mlflow_model_version": model.info.labels.get("mlflow_model_version"),
         "seconds": args.seconds,

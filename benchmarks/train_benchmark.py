@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from pipeline.architecture import forward_flops
-from pipeline.dataset import load_split
-from pipeline.inference import Classifier
-from pipeline.params import (
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from benchmarks.machine import cpu_model, cpus  # noqa: E402
+from pipeline.architecture import forward_flops  # noqa: E402
+from pipeline.dataset import load_split  # noqa: E402
+from pipeline.inference import Classifier  # noqa: E402
+from pipeline.params import (  # noqa: E402
     IMAGE_SIZE,
     NUM_CLASSES,
     ConvBlock,
@@ -39,7 +42,7 @@ from pipeline.params import (
     TrainParams,
     parse_params,
 )
-from pipeline.train import fit_model
+from pipeline.train import fit_model  # noqa: E402
 
 
 def reference(train: TrainParams) -> tuple[ModelParams, TrainParams]:
@@ -132,10 +135,7 @@ def main() -> None:
         test_acc, test_flip = accuracies(model, test)
         flops = sum(
             forward_flops(
-                IMAGE_SIZE,
-                model_params.conv_blocks,
-                [d.units for d in model_params.dense],
-                NUM_CLASSES,
+                IMAGE_SIZE, model_params.conv_blocks, model_params.dense, NUM_CLASSES
             ).values()
         )
         results.append(
@@ -171,8 +171,9 @@ def main() -> None:
             f"{ratio:>5} {r['mflops_per_image']:>6.1f} {r['parameters']:>8,}"
         )
     print("val+f / test+f: with horizontal-flip test-time averaging (not part of the saved model)")
+    machine = {"cpu": cpu_model(), "cpus": cpus()}
+    print(f"CPU: {machine['cpu']}, {machine['cpus']} CPUs; {len(train):,} training images")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
     args.out.write_text(
         json.dumps({"machine": machine, "train_samples": len(train), "results": results}, indent=2)
         + "\n"

@@ -111,10 +111,9 @@ def format_table(rows: list[LayerRow], flops: dict[str, int] | None = None) -> s
     return "\n".join(lines)
 
 
-def forward_flops(
-    input_size: int, conv_blocks: list, dense_units: list[int], classes: int
-) -> dict[str, int]:
-    """Floating-point operations of one image's forward pass, per conv and dense layer.
+def forward_flops(input_size: int, conv_blocks: list, dense: list, classes: int) -> dict[str, int]:
+    """Floating-point operations of one image's forward pass, per conv and dense layer (`dense`:
+    objects with `units`, like params' model.dense).
 
     2 x multiply-adds: a conv layer does n_out^2 * f^2 * c_in * c_out of them, a dense layer
     inputs * units. Batch norm, activations and pooling (a few per activation) are left out: they
@@ -130,8 +129,8 @@ def forward_flops(
         channels = row.channels
     last = table[-1]
     features = last.n_out**2 * last.channels
-    for j, units in enumerate([*dense_units, classes]):
-        name = f"dense_{j}" if j < len(dense_units) else "probabilities"
+    for j, units in enumerate([*(d.units for d in dense), classes]):
+        name = f"dense_{j}" if j < len(dense) else "probabilities"
         flops[name] = 2 * features * units
         features = units
     return flops

@@ -426,8 +426,7 @@ def _train_as_chief(
 ) -> str:
     """Train under an MLflow run (the interrupted one, when resuming), write the outputs."""
     provenance = json.loads(sources.read_text())
-    blocks = params.model.conv_blocks
-    dense = [d.units for d in params.model.dense]
+    blocks, dense = params.model.conv_blocks, params.model.dense
     table = format_table(
         layer_table(IMAGE_SIZE, blocks), forward_flops(IMAGE_SIZE, blocks, dense, NUM_CLASSES)
     )
