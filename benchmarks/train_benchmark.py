@@ -38,6 +38,7 @@ from pipeline.params import (  # noqa: E402
     DenseLayer,
     ModelParams,
     Params,
+    ParamsError,
     PoolParams,
     TrainParams,
     parse_params,
@@ -81,19 +82,25 @@ def reference(train: TrainParams) -> tuple[ModelParams, TrainParams]:
 
 
 def with_overrides(raw: dict, overrides: list[str]) -> Params:
-    """params.yaml's mapping with `a.b.0.c=value` overrides applied (YAML values), validated."""
+    """params.yaml's mapping with `a.b.0.c=value` overrides applied (YAML values), validated;
+    ParamsError naming the override or the key that is wrong."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set {item}: expected KEY=VALUE")
+            raise ParamsError(f"--set {item}: expected KEY=VALUE")
         *path, last = key.split(".")
-        node = raw
-        for part in path:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        if isinstance(node, list):
-            node[int(last)] = yaml.safe_load(value)
-        else:
-            node[last] = yaml.safe_load(value)
+        try:
+            node = raw
+            for part in path:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            if isinstance(node, list):
+                node[int(last)] = yaml.safe_load(value)
+            elif isinstance(node, dict):
+                node[last] = yaml.safe_load(value)
+            else:
+                raise TypeError(node)
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise ParamsError(f"--set {item}: params.yaml has no key {key}") from None
     return parse_params(
         raw, f"params.yaml with {' '.join(overrides)}" if overrides else "params.yaml"
     )
@@ -119,7 +126,10 @@ def main() -> None:
     parser.add_argument("--name", default="default", help="the changed default's name in the table")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train.json"))
     args = parser.parse_args()
-    params = with_overrides(yaml.safe_load(Path("params.yaml").read_text()), args.set)
+    try:
+        params = with_overrides(yaml.safe_load(Path("params.yaml").read_text()), args.set)
+    except ParamsError as err:
+        raise SystemExit(f"train_benchmark: {err}") from None
     train, val, test = (load_split(args.data / f"{s}.npz") for s in ("train", "val", "test"))
     candidates = {args.name: (params.model, params.train), "reference": reference(params.train)}
     results = []
