@@ -93,12 +93,7 @@ def with_overrides(raw: dict, overrides: list[str]) -> Params:
             node = raw
             for part in path:
                 node = node[int(part)] if isinstance(node, list) else node[part]
-            if isinstance(node, list):
-                node[int(last)] = yaml.safe_load(value)
-            elif isinstance(node, dict):
-                node[last] = yaml.safe_load(value)
-            else:
-                raise TypeError(node)
+            node[int(last) if isinstance(node, list) else last] = yaml.safe_load(value)
         except (KeyError, IndexError, ValueError, TypeError):
             raise ParamsError(f"--set {item}: params.yaml has no key {key}") from None
     return parse_params(

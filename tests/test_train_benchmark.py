@@ -37,6 +37,8 @@ def test_overrides_change_params_like_dvc_exp_run_and_name_what_is_wrong():
         with_overrides(raw_params(), ["trian.epochs=3"])
     with pytest.raises(ParamsError, match=r"no key model\.conv_blocks\.9\.filters"):
         with_overrides(raw_params(), ["model.conv_blocks.9.filters=8"])
+    with pytest.raises(ParamsError, match=r"no key train\.epochs\.x"):  # into a number
+        with_overrides(raw_params(), ["train.epochs.x=1"])
     with pytest.raises(ParamsError, match=r"expected KEY=VALUE"):
         with_overrides(raw_params(), ["train.epochs"])
     with pytest.raises(ParamsError, match=r"model\.conv_blocks\.1\.filters: .*greater than"):
