@@ -107,6 +107,56 @@ def explained_layers(model: keras.Model) -> list[dict[str, Any]]:
     return rows
 
 
+CHAIN_ACTIVATIONS = ("linear", "relu", "elu", "gelu", "swish", "silu", "tanh")  # the page's g
+
+
+def activation_chain(net: keras.Model, row: dict[str, Any]) -> dict[str, Any] | None:
+    """How the first conv layer's raw output c (the kernels over the input, no bias) becomes the
+    feature maps the page shows: z = scale * c + shift per filter, then a = g(z).
+
+    A conv bias b gives shift = b; a batch norm after it (inference mode) folds in as
+    scale = gamma / sqrt(moving_variance + epsilon), shift = beta + (b - moving_mean) * scale.
+    None when the layers between the conv and its shown output are anything else.
+    """
+    import keras
+    from keras import layers
+
+    def numpy(weights: Any) -> np.ndarray:
+        return keras.ops.convert_to_numpy(weights).astype(np.float64)
+
+    stack = list(net.layers)
+    conv = net.get_layer(row["layer"])
+    following = stack[stack.index(conv) + 1 : stack.index(net.get_layer(row["output"])) + 1]
+    if conv.get_config()["activation"] != "linear":
+        return None
+    scale = np.ones(conv.filters)
+    shift = numpy(conv.bias) if conv.use_bias else np.zeros(conv.filters)
+    batch_norm, activation = False, "linear"
+    for layer in following:
+        if (
+            isinstance(layer, layers.BatchNormalization)
+            and not batch_norm
+            and activation == "linear"
+        ):
+            gamma = numpy(layer.gamma) if layer.scale else 1.0
+            beta = numpy(layer.beta) if layer.center else 0.0
+            scale = gamma / np.sqrt(numpy(layer.moving_variance) + layer.epsilon)
+            shift = beta + (shift - numpy(layer.moving_mean)) * scale
+            batch_norm = True
+        elif isinstance(layer, layers.Activation) and activation == "linear":
+            activation = layer.get_config()["activation"]
+        else:
+            return None
+    if activation not in CHAIN_ACTIVATIONS:
+        return None
+    return {
+        "batch_norm": batch_norm,
+        "activation": activation,
+        "scale": scale.astype(float).tolist(),
+        "shift": shift.astype(float).tolist(),
+    }
+
+
 def sample_indices(labels: np.ndarray, per_class: int = SAMPLES_PER_CLASS) -> np.ndarray:
     """The first `per_class` images of each class, in split order: a fixed, balanced handful."""
     picked = [np.flatnonzero(labels == c)[:per_class] for c in range(NUM_CLASSES)]
@@ -144,6 +194,9 @@ def export_explainer(model_file: Path, out_dir: Path, test: Split) -> ExplainerE
             "layer": rows[0]["layer"],
             # The kernels over the model's [0, 1]-scaled grayscale input: (f, f, filters).
             "values": np.round(kernel[:, :, 0, :].astype(float), 6).tolist(),
+            # z = scale * (W . a) + shift, a = g(z): what turns the raw convolution into the
+            # layer's feature maps (the page works it out for one pixel); null if not that shape.
+            "chain": activation_chain(net, rows[0]),
         },
         "samples": [
             {"index": int(i), "label": int(test.y[i]), "pixels": test.x[i].tolist()} for i in picked

@@ -124,16 +124,36 @@ class LayerActivations(BaseModel):
     high: list[float] = Field(description="per channel: the activation drawn as 255")
 
 
+class Chain(BaseModel):
+    """From the first conv layer's raw output c to its feature maps: z = scale * c + shift, a = g(z)."""
+
+    batch_norm: bool = Field(description="scale and shift are batch norm's (inference mode)")
+    activation: str = Field(description="g: relu, elu, gelu, swish/silu, tanh or linear")
+    scale: list[float] = Field(description="per filter; gamma / sqrt(variance + epsilon) with BN")
+    shift: list[float] = Field(description="per filter; the bias, or beta - mean * scale with BN")
+
+
 class Filters(BaseModel):
     layer: str
     f: int
     count: int
     scale: float = Field(description="the largest absolute weight: full blue (-) or red (+)")
     grid: Grid = Field(description="the learned f x f kernels, blue negative, red positive")
+    kernels: list[list[list[float]]] = Field(
+        description="the kernels' weights, [filter][row][column], over pixels scaled to 0-1"
+    )
+    chain: Chain | None = Field(
+        description="what makes the feature maps of the kernels' output (null: not known)"
+    )
 
 
 class ExplainedImage(ClassifiedImage):
     pixels: list[list[int]] = Field(description="the 28x28 pixels the model saw, 0-255")
+    colour: list[list[list[int]]] | None = Field(
+        default=None,
+        description="a colour upload fitted the same way in RGB, [row][column][channel] 0-255 "
+        "(inverted with the grayscale); null for a grayscale image",
+    )
     image: str = Field(description="the same pixels as a data:image/png;base64 URL")
     layers: list[LayerActivations] = Field(description="every conv block and pooling layer")
     filters: Filters = Field(description="the first conv layer's learned filters")
@@ -176,8 +196,9 @@ def layer_activations(row: dict[str, Any], maps: np.ndarray) -> LayerActivations
     )
 
 
-def filters_view(layer: str, kernels: np.ndarray) -> Filters:
-    """The first conv layer's kernels (f, f, count) as a grid of diverging-colour tiles."""
+def filters_view(layer: str, kernels: np.ndarray, chain: dict[str, Any] | None = None) -> Filters:
+    """The first conv layer's kernels (f, f, count) as a grid of diverging-colour tiles, and as
+    numbers (with the chain to its feature maps, when explainer.json has it)."""
     kernels = np.asarray(kernels, np.float64)
     scale = float(np.abs(kernels).max())
     cols = grid_columns(kernels.shape[-1])
@@ -195,6 +216,8 @@ def filters_view(layer: str, kernels: np.ndarray) -> Filters:
             tile=kernels.shape[0],
             gap=GAP,
         ),
+        kernels=np.moveaxis(kernels, -1, 0).tolist(),
+        chain=Chain(**chain) if chain else None,
     )
 
 
@@ -215,8 +238,9 @@ class Explainer:
             raise ValueError("explainer.onnx's outputs do not match explainer.json's layers")
         self.class_names = class_names
         self.model = model
+        filters = description["filters"]
         self.filters = filters_view(
-            description["filters"]["layer"], np.asarray(description["filters"]["values"])
+            filters["layer"], np.asarray(filters["values"]), filters.get("chain")
         )
         self.samples = Samples(
             samples=[
@@ -231,7 +255,9 @@ class Explainer:
         )
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="explain")
 
-    def explain_now(self, pixels: np.ndarray, inverted: bool) -> ExplainedImage:
+    def explain_now(
+        self, pixels: np.ndarray, inverted: bool, colour: np.ndarray | None = None
+    ) -> ExplainedImage:
         """The whole answer, computed in the calling thread."""
         *maps, proba = self.runtime.session.run(None, {self.runtime.input: pixels[None]})
         (prediction,) = predictions(proba, self.class_names, self.model)
@@ -239,15 +265,18 @@ class Explainer:
             **dict(prediction),
             inverted=inverted,
             pixels=pixels.tolist(),
+            colour=None if colour is None else colour.tolist(),
             image=png_data_url(pixels),
             layers=[layer_activations(row, m[0]) for row, m in zip(self.layers, maps, strict=True)],
             filters=self.filters,
         )
 
-    async def explain(self, pixels: np.ndarray, inverted: bool) -> ExplainedImage:
+    async def explain(
+        self, pixels: np.ndarray, inverted: bool, colour: np.ndarray | None = None
+    ) -> ExplainedImage:
         """explain_now in the explainer's own thread: the event loop keeps serving meanwhile."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.thread, self.explain_now, pixels, inverted)
+        return await loop.run_in_executor(self.thread, self.explain_now, pixels, inverted, colour)
 
 
 class NoExplainer:
@@ -255,7 +284,9 @@ class NoExplainer:
 
     samples = Samples(samples=[])
 
-    async def explain(self, pixels: np.ndarray, inverted: bool) -> ExplainedImage:
+    async def explain(
+        self, pixels: np.ndarray, inverted: bool, colour: np.ndarray | None = None
+    ) -> ExplainedImage:
         raise InputError(
             503,
             "the served model has no explainer (promoted before register exported one): "

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from starlette.responses import JSONResponse
 
-from pipeline.preprocess import image_to_pixels
+from pipeline.preprocess import image_to_colour_pixels, image_to_pixels
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")  # the only decoders PIL may use
 MAX_PIXELS = 50_000_000  # width x height; a small file can declare a huge image
@@ -54,6 +54,10 @@ def open_image(data: bytes) -> Image.Image:
     return image
 
 
+def _unusable(image: Image.Image, err: Exception) -> InputError:
+    return InputError(422, f"{image.format} image in mode {image.mode} is not usable: {err}")
+
+
 def image_pixels(data: bytes, invert: bool | None) -> tuple[np.ndarray, bool]:
     """File bytes -> (uint8 (28, 28), inverted) through the shared preprocessing
     (invert=None: automatic)."""
@@ -61,13 +65,23 @@ def image_pixels(data: bytes, invert: bool | None) -> tuple[np.ndarray, bool]:
     try:
         return image_to_pixels(image, invert=invert)
     except (OSError, ValueError) as err:
-        raise InputError(
-            422, f"{image.format} image in mode {image.mode} is not usable: {err}"
-        ) from None
+        raise _unusable(image, err) from None
 
 
 def image_file_pixels(path: Path, invert: bool | None) -> tuple[np.ndarray, bool]:
     return image_pixels(path.read_bytes(), invert)
+
+
+def image_file_pixels_and_colour(
+    path: Path, invert: bool | None
+) -> tuple[np.ndarray, bool, np.ndarray | None]:
+    """Like image_file_pixels, plus the colour version (28, 28, 3) of a colour image (else None)."""
+    image = open_image(path.read_bytes())
+    try:
+        pixels, inverted = image_to_pixels(image, invert=invert)
+        return pixels, inverted, image_to_colour_pixels(image, inverted)
+    except (OSError, ValueError) as err:
+        raise _unusable(image, err) from None
 
 
 def check_count(n: int, limit: int) -> None:

@@ -27,7 +27,12 @@ from service import settings
 from service.coalesce import Coalescer
 from service.explain import ExplainedImage, Samples, load_explainer
 from service.guard import RequestGuard
-from service.inputs import InputError, check_count, image_file_pixels
+from service.inputs import (
+    InputError,
+    check_count,
+    image_file_pixels,
+    image_file_pixels_and_colour,
+)
 from service.monitoring import recorder
 from service.schemas import (
     ClassifiedImage,
@@ -127,11 +132,13 @@ class FashionClassifier:
     @bentoml.api(route="/explain")
     async def explain(self, image: Path, invert: Invert = None) -> ExplainedImage:
         """Classify one image file like /classify, and show how: the 28x28 pixels the model saw,
-        every conv and pooling layer's feature maps (PNG grids) with its geometry, and the first
-        conv layer's learned filters."""
+        every conv and pooling layer's feature maps (PNG grids) with its geometry, the first conv
+        layer's learned filters, and a colour upload's RGB pixels (for the page's lesson)."""
         try:
-            pixels, inverted = await asyncio.to_thread(image_file_pixels, image, invert)
-            return await self.explainer.explain(pixels, inverted)
+            pixels, inverted, colour = await asyncio.to_thread(
+                image_file_pixels_and_colour, image, invert
+            )
+            return await self.explainer.explain(pixels, inverted, colour)
         except InputError as err:
             return err.response()
 

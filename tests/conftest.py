@@ -18,6 +18,9 @@ import yaml
 
 from benchmarks.servers import free_port, start_server, stop
 
+# Test modules import helpers from these fixture modules before pytest_plugins loads them.
+pytest.register_assert_rewrite("browser_fixtures", "service_fixtures")
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

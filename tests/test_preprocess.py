@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.preprocess import image_to_pixels, preprocessing_layers
+from pipeline.preprocess import image_to_colour_pixels, image_to_pixels, preprocessing_layers
 
 pytestmark = pytest.mark.unit
 
@@ -57,6 +57,28 @@ def test_transparent_pixels_count_as_white_background():
     pixels, inverted = image_to_pixels(Image.fromarray(rgba, "RGBA"))
     assert inverted is True
     assert pixels[0, 0] == 0 and pixels[14, 14] == 255
+
+
+def test_colour_pixels_are_fitted_like_the_grayscale_and_inverted_with_it():
+    wide = np.zeros((20, 40, 3), np.uint8)  # 2:1, light background: auto-inverted
+    wide[...] = (250, 240, 230)
+    wide[5:15, 10:30] = (200, 20, 10)  # a red block
+    image = Image.fromarray(wide, "RGB")
+    gray, inverted = image_to_pixels(image)
+    colour = image_to_colour_pixels(image, inverted)
+    assert inverted is True and colour.shape == (28, 28, 3) and colour.dtype == np.uint8
+    assert np.array_equal(colour[:7], np.zeros((7, 28, 3)))  # the same black bands as the gray
+    assert np.array_equal(gray[:7], np.zeros((7, 28)))
+    assert tuple(colour[14, 14]) == (255 - 200, 255 - 20, 255 - 10)  # inverted, channels kept
+    assert abs(int(gray[14, 14]) - int(np.dot(colour[14, 14], (0.299, 0.587, 0.114)))) <= 1
+    assert tuple(image_to_colour_pixels(image, False)[14, 14]) == (200, 20, 10)
+
+
+def test_grayscale_images_have_no_colour_pixels():
+    assert image_to_colour_pixels(Image.fromarray(item()), False) is None
+    assert image_to_colour_pixels(Image.fromarray(item()).convert("LA"), False) is None
+    palette = Image.fromarray(np.stack([item()] * 3, -1), "RGB").convert("P")
+    assert image_to_colour_pixels(palette, False).shape == (28, 28, 3)
 
 
 def test_model_input_layers_scale_pixels_to_unit_range_with_a_channel():

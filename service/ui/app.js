@@ -134,6 +134,8 @@ function render(result) {
   );
   show($("result"), true);
   show($("inside"), true);
+  // Section 4 (lesson.js) works on the same answer.
+  document.dispatchEvent(new CustomEvent("explained", { detail: result }));
 }
 
 // --- file choice and drag and drop ---
