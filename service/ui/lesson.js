@@ -799,6 +799,7 @@ function moveSelection(event, key, size) {
   event.preventDefault();
   const [dr, dc] = moves[event.key];
   const n = size();
+  pinned[key] = true;
   lesson[key] = {
     r: Math.min(n - 1, Math.max(0, lesson[key].r + dr)),
     c: Math.min(n - 1, Math.max(0, lesson[key].c + dc)),
@@ -806,13 +807,23 @@ function moveSelection(event, key, size) {
   update({ keepSelection: true });
 }
 
+// Hovering explores; a click or tap pins the pixel (so the pointer can go and read the sum), and
+// a click on the pinned pixel lets hovering explore again. The arrow keys move a pinned pixel.
+const pinned = { sel: false, poolSel: false };
+
 function pointAt(event, canvas, key) {
   const box = canvas.getBoundingClientRect();
   const n = Number(canvas.dataset.cells);
   const c = Math.floor(((event.clientX - box.left) / box.width) * n);
   const r = Math.floor(((event.clientY - box.top) / box.height) * n);
   if (r < 0 || c < 0 || r >= n || c >= n) return;
-  if (lesson[key] && lesson[key].r === r && lesson[key].c === c) return;
+  const same = lesson[key] && lesson[key].r === r && lesson[key].c === c;
+  if (event.type === "pointerdown") {
+    pinned[key] = !(same && pinned[key]);
+  } else if (pinned[key]) {
+    return;
+  }
+  if (same) return;
   lesson[key] = { r, c };
   update({ keepSelection: true });
 }
