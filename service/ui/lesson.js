@@ -231,7 +231,6 @@ function drawGrid(canvas, cells, fill, label = () => "") {
       }
     }
   }
-  return size;
 }
 
 function outline(canvas, row, col, cells, colour, dashed = false) {
@@ -321,6 +320,14 @@ function showKernelError(text) {
   L$("lesson-work").hidden = Boolean(text);
 }
 
+// A changed pixel or pooled cell: redraw what shows the selection; nothing is recomputed.
+function select() {
+  if (!lesson.result) return;
+  drawOutput(lesson.result);
+  drawPooling(lesson.result, true);
+  explainPixel();
+}
+
 function update({ keepSelection = false } = {}) {
   const result = compute();
   lesson.result = result;
@@ -344,22 +351,27 @@ function strongest(values, n) {
   return { r: Math.floor(best / n), c: best % n };
 }
 
+// Channel ch's value at cell (i, j) of the padded input, or null in the zero frame.
+function paddedValue(input, g, ch, i, j) {
+  const [row, col] = [i - g.before, j - g.before];
+  const inside = row >= 0 && row < input.n && col >= 0 && col < input.n;
+  return inside ? input.channels[ch][row * input.n + col] : null;
+}
+
+const FRAME = "rgb(246,248,250)"; // the zero padding, drawn pale
+
 function drawInput(result) {
   const { input, g, unit } = result;
   const cells = input.n + g.before + g.after;
   const small = input.n <= 12;
   const canvas = L$("lesson-in");
-  const value = (ch, i, j) => {
-    const [row, col] = [i - g.before, j - g.before];
-    const inside = row >= 0 && row < input.n && col >= 0 && col < input.n;
-    return inside ? input.channels[ch][row * input.n + col] : null;
-  };
+  const value = (ch, i, j) => paddedValue(input, g, ch, i, j);
   const high = Math.max(...input.channels.map((values) => Math.max(...values)), 1);
   drawGrid(
     canvas,
     cells,
     (i, j) => {
-      if (value(0, i, j) === null) return "rgb(246,248,250)"; // the zero frame
+      if (value(0, i, j) === null) return FRAME;
       if (input.kind === "colour") return rgb([0, 1, 2].map((ch) => value(ch, i, j)));
       const level = Math.round((255 * value(0, i, j)) / (small ? high * 2.5 : 255));
       return small ? rgb([255 - level, 255 - level, 255]) : rgb([level, level, level]);
@@ -405,10 +417,8 @@ function drawChannels(result) {
     const canvas = L$(`lesson-channel-${name}`);
     const cells = input.n + g.before + g.after;
     drawGrid(canvas, cells, (i, j) => {
-      const [row, col] = [i - g.before, j - g.before];
-      if (row < 0 || row >= input.n || col < 0 || col >= input.n) return "rgb(246,248,250)";
-      const v = input.channels[ch][row * input.n + col] / 255;
-      return rgb(CHANNEL_TINT[ch].map((t) => Math.round(t * v)));
+      const v = paddedValue(input, g, ch, i, j);
+      return v === null ? FRAME : rgb(CHANNEL_TINT[ch].map((t) => Math.round((t * v) / 255)));
     });
     if (lesson.sel) outline(canvas, lesson.sel.r * g.s, lesson.sel.c * g.s, g.f, "#ffd33d");
   });
@@ -468,7 +478,6 @@ function drawOutput(result) {
     (i, j) => rgb(diverging(out[i * g.nOut + j], scale)),
     (i, j) => (small ? fmt(out[i * g.nOut + j], 2) : ""),
   );
-  canvas.dataset.size = String(g.nOut);
   if (lesson.sel) outline(canvas, lesson.sel.r, lesson.sel.c, 1, "#ffd33d");
   setText("lesson-size", `Output drawn: ${g.nOut}×${g.nOut}.`);
   setText("legend-low", `−${fmt(scale, digits)}`);
@@ -496,7 +505,7 @@ function drawPooling(result, keepSelection) {
   }
   L$("lesson-pool-figure").hidden = false;
   const pooled = maxPool(out, g.nOut, f, s);
-  result.pool = { ...pooled, g: pg };
+  result.pool = pooled;
   const sel = lesson.poolSel;
   if (!keepSelection || !sel || sel.r >= pooled.n || sel.c >= pooled.n) {
     lesson.poolSel = strongest(pooled.values, pooled.n);
@@ -509,7 +518,6 @@ function drawPooling(result, keepSelection) {
     (i, j) => rgb(diverging(pooled.values[i * pooled.n + j], result.scale)),
     (i, j) => (small ? fmt(pooled.values[i * pooled.n + j], 2) : ""),
   );
-  canvas.dataset.size = String(pooled.n);
   outline(canvas, lesson.poolSel.r, lesson.poolSel.c, 1, "#2da44e");
   setText("lesson-pool-size", `Pooled map drawn: ${pooled.n}×${pooled.n}.`);
   const { r, c } = lesson.poolSel;
@@ -538,26 +546,20 @@ function explainPixel() {
   const { g, input, channels, full, out, digits } = result;
   const terms = windowTerms(channels, input.n, full, g, r, c);
   const value = out[r * g.nOut + c];
+  const subtotals = [];
   const lines = channels.map((_, ch) => {
     const mine = terms.filter((t) => t.ch === ch);
     const products = mine.map((t) => `${fmt(t.x, 4)}×${factor(t.w, 4)}`).join(" + ");
-    const subtotal = mine.reduce((sum, t) => sum + t.x * t.w, 0);
-    const code = document.createElement("code");
-    code.dataset.channel = String(ch);
-    code.textContent =
+    subtotals.push(mine.reduce((sum, t) => sum + t.x * t.w, 0));
+    const text =
       channels.length === 1
         ? `${products} = ${fmt(value, digits)}`
-        : `${"RGB"[ch]}: ${products} = ${fmt(subtotal, digits)}`;
-    return code;
+        : `${"RGB"[ch]}: ${products} = ${fmt(subtotals[ch], digits)}`;
+    return element("code", { textContent: text });
   });
   if (channels.length > 1) {
-    const subtotals = channels.map((_, ch) =>
-      terms.filter((t) => t.ch === ch).reduce((sum, t) => sum + t.x * t.w, 0),
-    );
-    const code = document.createElement("code");
-    code.dataset.channel = "total";
-    code.textContent = `${subtotals.map((v) => factor(v, digits)).join(" + ")} = ${fmt(value, digits)}`;
-    lines.push(code);
+    const text = `${subtotals.map((v) => factor(v, digits)).join(" + ")} = ${fmt(value, digits)}`;
+    lines.push(element("code", { textContent: text }));
   }
   const padded = terms.some((t) => t.row < 0 || t.col < 0 || t.row >= input.n || t.col >= input.n);
   setText(
@@ -596,24 +598,22 @@ function drawNetwork(result, c0) {
   box.hidden = false;
   const k = kernel.learned;
   const layer = filters.layer;
-  const matches = radio("lesson-padding") === "same" && g.s === 1;
-  const steps = [];
-  if (!matches) {
-    steps.push(`Choose padding same and stride 1: that is how ${layer} slides its filters.`);
+  const show = (steps, agree = "") => {
     L$("lesson-chain").replaceChildren(...steps.map((t) => element("li", { textContent: t })));
-    setText("lesson-agree", "");
+    setText("lesson-agree", agree);
+  };
+  if (radio("lesson-padding") !== "same" || g.s !== 1) {
+    show([`Choose padding same and stride 1: that is how ${layer} slides its filters.`]);
     return;
   }
   const { r, c } = lesson.sel;
-  steps.push(
+  const steps = [
     `This output is ${layer}'s own output for filter #${k} before batch normalisation: ` +
       `W·a = ${fmt(c0, 5)} at (row ${r}, column ${c}), the sum above.`,
-  );
+  ];
   const chain = filters.chain;
   if (!chain) {
-    steps.push("This model's export does not describe the steps after the convolution.");
-    L$("lesson-chain").replaceChildren(...steps.map((t) => element("li", { textContent: t })));
-    setText("lesson-agree", "");
+    show([...steps, "This model's export does not describe the steps after the convolution."]);
     return;
   }
   const [scale, shift] = [chain.scale[k], chain.shift[k]];
@@ -636,28 +636,25 @@ function drawNetwork(result, c0) {
         `${fmt(drawn.value, 5)}, which is a to within the picture's rounding (±${fmt(drawn.step / 2, 5)}).`,
     );
   }
-  L$("lesson-chain").replaceChildren(
-    ...steps.map((t, i) => element("li", { textContent: t, id: `lesson-step-${i}` })),
-  );
+  if (!drawn) {
+    show(steps); // section 3's picture is still being read
+    return;
+  }
   // The whole map at once: every pixel's a against section 3's picture.
   let worst = 0;
-  let step = 0;
-  if (drawn) {
-    for (let i = 0; i < g.nOut; i++) {
-      for (let j = 0; j < g.nOut; j++) {
-        const mine = act.g(scale * result.out[i * g.nOut + j] + shift);
-        const theirs = section3Value(k, i, j);
-        worst = Math.max(worst, Math.abs(mine - theirs.value));
-        step = theirs.step;
-      }
+  for (let i = 0; i < g.nOut; i++) {
+    for (let j = 0; j < g.nOut; j++) {
+      const mine = act.g(scale * result.out[i * g.nOut + j] + shift);
+      worst = Math.max(worst, Math.abs(mine - section3Value(k, i, j).value));
     }
-    setText(
-      "lesson-agree",
-      `Over all ${g.nOut ** 2} pixels of map #${k}, this page's a and section 3's picture differ by at most ` +
-        `${fmt(worst, 5)}: ${worst <= step / 2 + 1e-6 ? "they agree" : "they DISAGREE"} to within the ` +
-        `picture's 8-bit rounding (±${fmt(step / 2, 5)}).`,
-    );
   }
+  const half = drawn.step / 2;
+  show(
+    steps,
+    `Over all ${g.nOut ** 2} pixels of map #${k}, this page's a and section 3's picture differ by at most ` +
+      `${fmt(worst, 5)}: ${worst <= half + 1e-6 ? "they agree" : "they DISAGREE"} to within the ` +
+      `picture's 8-bit rounding (±${fmt(half, 5)}).`,
+  );
 }
 
 function element(tag, props) {
@@ -804,7 +801,7 @@ function moveSelection(event, key, size) {
     r: Math.min(n - 1, Math.max(0, lesson[key].r + dr)),
     c: Math.min(n - 1, Math.max(0, lesson[key].c + dc)),
   };
-  update({ keepSelection: true });
+  select();
 }
 
 // Hovering explores; a click or tap pins the pixel (so the pointer can go and read the sum), and
@@ -825,7 +822,7 @@ function pointAt(event, canvas, key) {
   }
   if (same) return;
   lesson[key] = { r, c };
-  update({ keepSelection: true });
+  select();
 }
 
 function wire() {
