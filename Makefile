@@ -5,13 +5,19 @@ BIN := $(abspath $(VENV))/bin
 UV_VERSION := 0.13.8
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test setup system-data system-test lint format lock serve build monitor bench-train bench-serve bench-monitoring load-test
+.PHONY: repro test tour setup system-data system-test lint format lock serve build monitor docs bench-train bench-serve bench-monitoring load-test
 
 repro: setup system-data  ## set everything up, then run the whole pipeline on the default params
 	dvc repro
 
 test: setup system-data system-test  ## set everything up, then run the whole test suite
 	pytest
+
+# The test suite's small-run values; --temp runs in a copy, so params.yaml and the workspace stay as they are.
+TOUR_PARAMS := prepare.max_train_samples=2000 train.epochs=2 train.batch_size=32 train.warmup_epochs=0 register.min_accuracy=0.5
+
+tour: setup system-data  ## the whole loop on 2,000 images and 2 epochs, as a DVC experiment (README, "A few-minutes tour")
+	dvc exp run --temp $(addprefix -S ,$(TOUR_PARAMS))
 
 setup: $(VENV)/.installed  ## the virtualenv, from the lock file
 
@@ -43,6 +49,9 @@ serve:  ## serve the MLflow @champion on http://localhost:3000 (imported into Be
 
 build:  ## package the service and the champion model as a Bento
 	bentoml build
+
+docs: setup  ## build the documentation site into site/
+	mkdocs build --strict
 
 # SINCE / UNTIL: an ISO time (UTC) or a duration ago (30m, 24h, 7d); default: the last
 # monitor.window_hours. Reads serve.monitoring.records_dir (or FASHION_MNIST_MONITORING_DIR).

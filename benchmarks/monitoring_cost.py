@@ -8,7 +8,8 @@ CPU time of the server's processes per request. The verdict is on medians over t
 
     python benchmarks/monitoring_cost.py [--rounds 5] [--seconds 10]
 
-Prints a table and writes benchmarks/results/monitoring-cost-<time>.json (git-ignored).
+Prints a table and writes the `monitoring` section of benchmarks/results/<date>-<machine>.json
+(harness/results.py), with the served model's SHA-256.
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ import os
 import statistics
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+from harness.load import closed_loop, sample_images
+from harness.machine import cpu_model
+from harness.models import bento_model
+from harness.results import RESULTS_DIR, Measurement
+from harness.servers import free_port, start_server, stop
+from pipeline.shared.tracking import tracking_uri
+from service import settings
 
-from benchmarks.machine import cpu_model  # noqa: E402
-from benchmarks.serve_benchmark import load, test_images  # noqa: E402
-from benchmarks.servers import free_port, start_server, stop  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGET_DROP = 0.05
 
@@ -51,11 +54,12 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def measure(port: int, pid: int, body: bytes, seconds: float) -> dict:
     url = f"http://127.0.0.1:{port}/predict"
-    asyncio.run(load(url, body, "application/json", 32, seconds, 0))  # warm-up to a steady state
+    # warm-up to a steady state
+    asyncio.run(closed_loop(url, body, "application/json", 32, seconds, 0))
     before = tree_cpu_seconds(pid)
-    loaded = asyncio.run(load(url, body, "application/json", 32, seconds, 0))
+    loaded = asyncio.run(closed_loop(url, body, "application/json", 32, seconds, 0))
     cpu = tree_cpu_seconds(pid) - before
-    alone = asyncio.run(load(url, body, "application/json", 1, seconds / 2, 1))
+    alone = asyncio.run(closed_loop(url, body, "application/json", 1, seconds / 2, 1))
     return {
         "rps_c32": loaded["rps"],
         "p50_ms_c1": alone["p50_ms"],
@@ -68,10 +72,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "prepared" / "test.npz",
+                        help="test images to send (random pixels if missing)")  # fmt: skip
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR,
+                        help="directory of the result files (harness/results.py)")  # fmt: skip
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    body = json.dumps({"images": [test_images(1)[0].tolist()]}).encode()
+    measurement = Measurement("monitoring")
+    (args.results / "logs").mkdir(parents=True, exist_ok=True)
+    served = bento_model(settings.model_tag(), tracking_uri())
+    body = json.dumps({"images": [sample_images(1, args.data)[0].tolist()]}).encode()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for enabled in (True, False):
@@ -89,7 +98,7 @@ def main() -> None:
                 }
                 cmd = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1",
                        "--port", str(port)]  # fmt: skip
-                log = args.out / f"monitoring-cost-{enabled}.log"
+                log = args.results / "logs" / f"monitoring-recording-{enabled}.log"
                 proc = start_server(cmd, ROOT, env, log, f"http://127.0.0.1:{port}/readyz", 300)
                 try:
                     row = {
@@ -117,15 +126,10 @@ def main() -> None:
         print(f"{k:<28} {on:>12.3f} {off:>15.3f} {on / off:>8.3f}")
     print(f"throughput drop {drop:.1%} (target <= {TARGET_DROP:.0%}): "
           f"{'met' if verdict['met'] else 'MISSED'}")  # fmt: skip
-    result = {
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": cpu_model(),
-        "rounds": rows,
-        "medians": summary,
-        "verdict": verdict,
-    }
-    out = args.out / f"monitoring-cost-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"CPU: {cpu_model()}")
+    figures = {"rounds_run": args.rounds, "seconds": args.seconds, "rounds": rows,
+               "medians": summary, "verdict": verdict}  # fmt: skip
+    out = measurement.record([served], figures, args.results)
     print(f"wrote {out}")
 
 

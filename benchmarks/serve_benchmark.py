@@ -12,8 +12,9 @@ Starts, one at a time on free loopback ports (nothing else should run meanwhile)
 Each is loaded by closed-loop clients over keep-alive connections: single-image POST /predict at
 each --concurrency, and for the service also /classify with a PNG and full /predict requests.
 Then, in this process, the model's ceiling per runtime (TensorFlow `tf.function`, ONNX Runtime,
-LiteRT if installed) at batch 1, 8, 32 and 128. Prints a table with the ratios and writes JSON to
-benchmarks/results/ (git-ignored). Needs the champion in the BentoML store and MLflow (`make repro`).
+LiteRT if installed) at batch 1, 8, 32 and 128. Prints a table with the ratios and writes the
+`serve` section of benchmarks/results/<date>-<machine>.json (harness/results.py), with the served
+model's SHA-256. Needs the champion in the BentoML store and MLflow (`make repro`).
 
     python benchmarks/serve_benchmark.py [--workers 1 2] [--seconds 10]
 
@@ -29,25 +30,26 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import bentoml
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+from harness.load import closed_loop, multipart, png, sample_images
+from harness.machine import cpu_model, cpus
+from harness.models import bento_model
+from harness.results import RESULTS_DIR, Measurement, server_rows
+from harness.servers import free_port, start_server, stop
+from service import settings
+from service.schemas import Image28, Images, ModelRef, Prediction, Predictions
+from service.schemas import predictions as to_predictions
 
-from benchmarks.load_test import png  # noqa: E402
-from benchmarks.machine import cpu_model, cpus  # noqa: E402
-from benchmarks.servers import free_port, start_server, stop  # noqa: E402
-from service import settings  # noqa: E402
-from service.schemas import Image28, Images, ModelRef, Prediction, Predictions  # noqa: E402
-from service.schemas import predictions as to_predictions  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGETS = {"vs_additive_ideal_c32": 0.95, "p50_vs_noop_c1": 2.0, "vs_mlflow_c32": 25.0}
 BATCHES = (1, 8, 32, 128)
@@ -76,7 +78,7 @@ class BatchedClassifier:
     bento_model = bentoml.models.BentoModel(settings.model_tag())
 
     def __init__(self) -> None:
-        from pipeline.inference import ONNX_FILE, OnnxClassifier
+        from pipeline.core.inference import ONNX_FILE, OnnxClassifier
 
         self.classifier = OnnxClassifier(self.bento_model.path_of(ONNX_FILE), threads=1)
         self.ref = ModelRef(name="batched", version="0")
@@ -87,79 +89,10 @@ class BatchedClassifier:
         return to_predictions(proba, CLASSES, self.ref)
 
 
-def test_images(n: int) -> np.ndarray:
-    """The first n test images (random pixels when the data is not there)."""
-    path = ROOT / "data" / "prepared" / "test.npz"
-    if path.exists():
-        with np.load(path) as data:
-            return data["x"][:n]
-    return np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
-
-
-def multipart(field: str, filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
-    boundary = "benchmarkboundary7MA4YWxkTrZu0gW"
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n"
-    ).encode()
-    return (
-        head + data + f"\r\n--{boundary}--\r\n".encode(),
-        f"multipart/form-data; boundary={boundary}",
-    )
-
-
-async def load(
-    url: str,
-    body: bytes,
-    ctype: str,
-    concurrency: int,
-    seconds: float,
-    warmup: float,
-    images: int = 1,
-) -> dict:
-    """Closed loop: `concurrency` clients send back to back for `seconds` (after `warmup`)."""
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(
-        connector=connector, headers={"Content-Type": ctype}
-    ) as session:
-
-        async def client(stop_at: float, record: bool) -> None:
-            nonlocal errors
-            while (start := time.perf_counter()) < stop_at:
-                async with session.post(url, data=body) as resp:
-                    await resp.read()
-                    ok = resp.status == 200
-                if record:
-                    latencies.append(time.perf_counter() - start)
-                    errors += not ok
-
-        await asyncio.gather(
-            *(client(time.perf_counter() + warmup, False) for _ in range(concurrency))
-        )
-        began = time.perf_counter()
-        await asyncio.gather(*(client(began + seconds, True) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    ms = np.array(latencies) * 1000
-    return {
-        "concurrency": concurrency,
-        "images_per_request": images,
-        "requests": len(ms),
-        "errors": errors,
-        "rps": len(ms) / elapsed,
-        "images_per_s": images * len(ms) / elapsed,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "p99_ms": float(np.percentile(ms, 99)),
-    }
-
-
 def runtimes(model_file: Path, onnx_file: Path, workdir: Path) -> dict:
     """predict_proba of each runtime that can run here, on the same model."""
-    from pipeline.inference import Classifier, OnnxClassifier, configure_threads
+    from pipeline.core.inference import OnnxClassifier
+    from pipeline.shared.keras_runtime import Classifier, configure_threads
 
     configure_threads()
     found = {
@@ -202,9 +135,9 @@ def litert(model_file: Path, workdir: Path, threads: int):
     return predict_proba
 
 
-def ceilings(found: dict, seconds: float) -> dict:
+def ceilings(found: dict, seconds: float, images: np.ndarray) -> dict:
     """Images/s of each runtime on repeated full batches, and parity with TensorFlow."""
-    images = np.resize(test_images(1024), (1024, 28, 28))
+    images = np.resize(images, (1024, 28, 28))
     reference = found["tensorflow"](images[:512])
     result = {}
     for name, predict in found.items():
@@ -246,27 +179,35 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--ceiling-seconds", type=float, default=3.0)
     parser.add_argument("--skip", nargs="*", default=[], choices=["batchable", "mlflow"])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "prepared" / "test.npz",
+                        help="test images to send (random pixels if missing)")  # fmt: skip
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR,
+                        help="directory of the result files (harness/results.py)")  # fmt: skip
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    measurement = Measurement("serve")
+    logs = args.results / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
 
-    from pipeline.params import load_params
-    from pipeline.tracking import tracking_uri
+    from pipeline.core.params import load_params
+    from pipeline.shared.tracking import tracking_uri
 
     params = load_params(ROOT / "params.yaml")
     model = bentoml.models.get(settings.model_tag())
-    pixels = test_images(1)[0]
-    full = test_images(params.serve.max_images_per_request)
+    served = bento_model(str(model.tag), tracking_uri())
+    pixels = sample_images(1, args.data)[0]
+    full = sample_images(params.serve.max_images_per_request, args.data)
     predict_body = json.dumps({"images": [pixels.tolist()]}).encode()
     full_body = json.dumps({"images": full.tolist()}).encode()
     png_body, png_type = multipart("image", "item.png", png(pixels), "image/png")
     results: dict = {
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
         "cpus": cpus(),
         "bento_model": str(model.tag),
         "mlflow_model_version": model.info.labels.get("mlflow_model_version"),
         "seconds": args.seconds,
+        "warmup_seconds": args.warmup,
+        "ceiling_seconds": args.ceiling_seconds,
+        "test_images": str(args.data) if args.data.exists() else "random pixels",
         "servers": {},
     }
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_TRACKING_URI": tracking_uri()}
@@ -274,7 +215,7 @@ def main() -> None:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
 
     def measure(server: str, name: str, url: str, body: bytes, ctype: str, c: int, n=1) -> None:
-        row = asyncio.run(load(url, body, ctype, c, args.seconds, args.warmup, n))
+        row = asyncio.run(closed_loop(url, body, ctype, c, args.seconds, args.warmup, n))
         results["servers"].setdefault(server, {}).setdefault(name, []).append(row)
         print(f"{server} {name} c={c}: {row['rps']:.0f} req/s, p50 {row['p50_ms']:.2f} ms, "
               f"{row['errors']} errors", flush=True)  # fmt: skip
@@ -284,8 +225,8 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         cmd = [c.replace("{port}", str(port)) for c in cmd]
         began = time.perf_counter()
-        proc = start_server(cmd, ROOT, {**env, **(extra_env or {})}, args.out / f"{name}.log",
-                            f"{url}{health}", 300)  # fmt: skip
+        log = logs / f"serve-{re.sub('[^a-z0-9]+', '-', name.lower()).strip('-')}.log"
+        proc = start_server(cmd, ROOT, {**env, **(extra_env or {})}, log, f"{url}{health}", 300)
         results.setdefault("ready_s", {})[name] = time.perf_counter() - began
         return proc, url
 
@@ -334,14 +275,13 @@ def main() -> None:
         found = runtimes(
             Path(model.path_of("model.keras")), Path(model.path_of("model.onnx")), Path(tmp)
         )
-        results["ceilings"] = ceilings(found, args.ceiling_seconds)
+        results["ceilings"] = ceilings(found, args.ceiling_seconds, sample_images(1024, args.data))
 
     results["verdict"] = verdict(results)
     print()
     print(table(results))
     print(json.dumps(results["verdict"], indent=2))
-    out = args.out / f"serve-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = measurement.record([served], results, args.results)
     print(f"wrote {out}")
 
 
@@ -375,22 +315,10 @@ def verdict(results: dict) -> dict:
 
 
 def table(results: dict) -> str:
-    noop = {r["concurrency"]: r for r in results["servers"]["no-op"]["/predict"]}
     lines = [
         f"CPU: {results['cpu']} ({results['cpus']} CPUs); model {results['bento_model']}",
-        "| server | endpoint | conc | req/s | images/s | p50 ms | p99 ms | errors | x no-op req/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *server_rows(results["servers"]),
     ]
-    for server, endpoints in results["servers"].items():
-        for endpoint, rows in endpoints.items():
-            for r in rows:
-                single = r["images_per_request"] == 1 and r["concurrency"] in noop
-                ratio = f"{r['rps'] / noop[r['concurrency']]['rps']:.2f}" if single else "-"
-                lines.append(
-                    f"| {server} | {endpoint} | {r['concurrency']} | {r['rps']:.0f} "
-                    f"| {r['images_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-                    f"| {r['errors']} | {ratio} |"
-                )
     lines += ["", "| runtime (in-process) | " + " | ".join(f"batch {b} images/s (ms/call)" for b in BATCHES)
               + " | batches of 1-4 in turn | class mismatches vs TF | max prob diff |",
               "|---|" + "---:|" * (len(BATCHES) + 3)]  # fmt: skip

@@ -2,7 +2,9 @@
 
 Prints a table (validation and test accuracy, also with horizontal-flip test-time averaging
 computed outside the model, seconds per epoch, total training time, FLOPs, parameters) and writes
-benchmarks/results/train.json. Needs the prepared data: run `dvc repro prepare` first.
+the `train` section of benchmarks/results/<date>-<machine>.json (harness/results.py), naming each
+trained model by the SHA-256 of its saved file (kept, git-ignored, in benchmarks/results/models/)
+and its architecture. Needs the prepared data: run `dvc repro prepare` first.
 
     python benchmarks/train_benchmark.py [--only default|reference] [--epochs N]
     python benchmarks/train_benchmark.py --only default --name stride2 \\
@@ -10,30 +12,23 @@ benchmarks/results/train.json. Needs the prepared data: run `dvc repro prepare` 
 
 `--set KEY=VALUE` changes the default's params like `dvc exp run -S` (dotted keys, list indices as
 numbers, YAML values) and is validated like params.yaml: this is how candidates for the default
-are measured (README, "Choosing the default architecture"). The reference is never changed.
+are measured (docs/decisions.md, "Choosing the default architecture"). The reference is never changed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
-
-from benchmarks.machine import cpu_model, cpus  # noqa: E402
-from pipeline.architecture import forward_flops  # noqa: E402
-from pipeline.dataset import load_split  # noqa: E402
-from pipeline.inference import Classifier  # noqa: E402
-from pipeline.params import (  # noqa: E402
-    IMAGE_SIZE,
-    NUM_CLASSES,
+from harness.machine import cpu_model, cpus
+from harness.results import RESULTS_DIR, Measurement, architecture, model_entry
+from pipeline.core.fashion_mnist import IMAGE_SIZE, NUM_CLASSES
+from pipeline.core.inference import file_sha256
+from pipeline.core.params import (
     ConvBlock,
     DenseLayer,
     ModelParams,
@@ -43,7 +38,10 @@ from pipeline.params import (  # noqa: E402
     TrainParams,
     parse_params,
 )
-from pipeline.train import fit_model  # noqa: E402
+from pipeline.reporting.flops import forward_flops
+from pipeline.shared.dataset import load_split
+from pipeline.shared.keras_runtime import Classifier
+from pipeline.training.fit import fit_model
 
 
 def reference(train: TrainParams) -> tuple[ModelParams, TrainParams]:
@@ -119,15 +117,17 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change the default's params (repeatable), like dvc exp run -S")  # fmt: skip
     parser.add_argument("--name", default="default", help="the changed default's name in the table")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train.json"))
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR,
+                        help="directory of the result files (harness/results.py)")  # fmt: skip
     args = parser.parse_args()
+    measurement = Measurement("train")
     try:
         params = with_overrides(yaml.safe_load(Path("params.yaml").read_text()), args.set)
     except ParamsError as err:
         raise SystemExit(f"train_benchmark: {err}") from None
     train, val, test = (load_split(args.data / f"{s}.npz") for s in ("train", "val", "test"))
     candidates = {args.name: (params.model, params.train), "reference": reference(params.train)}
-    results = []
+    results, models = [], []
     for name, (model_params, train_params) in candidates.items():
         if args.only and (name == "reference") != (args.only == "reference"):
             continue
@@ -136,6 +136,14 @@ def main() -> None:
         started = time.perf_counter()
         model, history = fit_model(model_params, train_params, train, val)
         seconds = time.perf_counter() - started
+        saved = args.results / "models" / f"train-{name}.keras"
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        model.save(saved)
+        changed = f"; --set {' '.join(args.set)}" if args.set and name != "reference" else ""
+        source = "the plain two-conv reference" if name == "reference" else "params.yaml" + changed
+        what = (f"{architecture(model_params.model_dump())}; {source}; "
+                f"{len(train):,} training images, {len(history)} epochs")  # fmt: skip
+        models.append(model_entry(name, saved, what))
         val_acc, val_flip = accuracies(model, val)
         test_acc, test_flip = accuracies(model, test)
         flops = sum(
@@ -178,12 +186,14 @@ def main() -> None:
     print("val+f / test+f: with horizontal-flip test-time averaging (not part of the saved model)")
     machine = {"cpu": cpu_model(), "cpus": cpus()}
     print(f"CPU: {machine['cpu']}, {machine['cpus']} CPUs; {len(train):,} training images")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps({"machine": machine, "train_samples": len(train), "results": results}, indent=2)
-        + "\n"
-    )
-    print(f"wrote {args.out}")
+    figures = {
+        "train_samples": len(train),
+        "data": str(args.data),
+        "train_data_sha256": file_sha256(args.data / "train.npz"),
+        "results": results,
+    }
+    out = measurement.record(models, figures, args.results)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Drift report (`make monitor`): the predictions the service recorded, against the training data.
 
-Reads the prediction records of a time window (pipeline/prediction_log.py) and compares, feature
+Reads the prediction records of a time window (pipeline/core/prediction_log.py) and compares, feature
 by feature, what the service saw with what the model was trained on:
 - the inputs (pixel mean, pixel std, share of bright pixels, log2 aspect of the object) with the
   same summaries of the training images (data/prepared/train.npz);
@@ -39,10 +39,11 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from pipeline.dataset import CLASS_NAMES, load_split, write_atomically
-from pipeline.params import MonitorParams, load_params
-from pipeline.prediction_log import INPUT_FEATURES, format_time, image_features, parse_time
-from pipeline.prediction_log import read_records as read_prediction_records
+from pipeline.core.fashion_mnist import CLASS_NAMES
+from pipeline.core.params import MonitorParams, load_params
+from pipeline.core.prediction_log import INPUT_FEATURES, format_time, image_features, parse_time
+from pipeline.core.prediction_log import read_records as read_prediction_records
+from pipeline.shared.dataset import load_split, write_atomically
 
 OUTPUT_FEATURES = ("confidence", "predicted_class")
 
@@ -180,7 +181,7 @@ def served_model_outputs(tag: str, images: np.ndarray) -> tuple[np.ndarray, np.n
     """(class ids, confidences) of the BentoML store's model `tag` (its ONNX export, as served)."""
     import bentoml
 
-    from pipeline.inference import OnnxClassifier
+    from pipeline.core.inference import OnnxClassifier
 
     try:
         model = bentoml.models.get(tag)
@@ -317,7 +318,9 @@ def extras(summary: dict) -> str:
         )
     if summary.get("unreadable_lines"):
         parts.append(f"{summary['unreadable_lines']} unreadable record lines were skipped.")
-    parts.append('What to do with a verdict: README, "From a drift verdict to retraining".')
+    parts.append(
+        'What to do with a verdict: docs/monitoring.md, "From a drift verdict to retraining".'
+    )
     return " ".join(parts)
 
 

@@ -3,12 +3,12 @@
 Writes metrics JSON (for `dvc metrics`), per-class and confusion CSVs (for `dvc plots`), per-image
 predictions (checked again by `register`), the layer shape table, and figures; logs everything to
 the MLflow run that trained the model, after checking that the file it scored is the one that run
-logged (same SHA-256). The model is called through pipeline/inference.py, as the service calls it.
+logged (same SHA-256). The model is called through pipeline/core/inference.py, as the service calls it.
 """
 
 from __future__ import annotations
 
-import pipeline.quiet_tensorflow  # noqa: F401 (first: it filters TensorFlow's start-up log)
+import pipeline.training.quiet_tensorflow  # noqa: F401 (first: it filters TensorFlow's start-up log)
 
 # isort: split
 
@@ -24,14 +24,21 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
 
-from pipeline.architecture import layer_table
-from pipeline.dataset import CLASS_NAMES, Split, load_split
-from pipeline.figures import confusion_figure, feature_maps_figure, filters_figure, mistakes_figure
-from pipeline.inference import CHUNK, Classifier, file_sha256
-from pipeline.model import network, spatial_sizes
-from pipeline.params import IMAGE_SIZE, NUM_CLASSES, ModelParams, load_params
-from pipeline.progress import Progress, duration
-from pipeline.tracking import log_split, use_experiment
+from pipeline.core.architecture import layer_table
+from pipeline.core.fashion_mnist import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from pipeline.core.inference import CHUNK, file_sha256
+from pipeline.core.params import ModelParams, load_params
+from pipeline.reporting.figures import (
+    confusion_figure,
+    feature_maps_figure,
+    filters_figure,
+    mistakes_figure,
+)
+from pipeline.shared.dataset import Split, load_split
+from pipeline.shared.keras_runtime import Classifier
+from pipeline.shared.progress import Progress, duration
+from pipeline.shared.tracking import log_split, use_experiment
+from pipeline.training.model import network, spatial_sizes
 
 
 @dataclass

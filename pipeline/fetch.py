@@ -1,9 +1,10 @@
 """Stage `fetch`: get the four Fashion-MNIST IDX files, verified, into data/raw/.
 
-Mirrors (params `fetch.mirrors`) are tried in order for each file: local directories first (Debian's
-`dataset-fashion-mnist` package installs /usr/share/datasets/fashion-mnist), then HTTPS mirrors.
-Files are verified by the SHA-256 of their *decompressed* content, because mirrors recompress the
-.gz archives (Debian's differ byte-wise from Zalando's) while the content is identical.
+Mirrors are tried in order for each file: local directories first (Debian's `dataset-fashion-mnist`
+package installs /usr/share/datasets/fashion-mnist), then the official HTTPS mirrors (the list is
+pipeline/core/fashion_mnist.py's MIRRORS, or the environment's FASHION_MNIST_MIRRORS). Files are
+verified by the SHA-256 of their *decompressed* content (same module), because mirrors recompress
+the .gz archives (Debian's differ byte-wise from Zalando's) while the content is identical.
 Nothing is written to the output directory unless all files verified.
 """
 
@@ -20,11 +21,13 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.params import FetchParams, load_params
-from pipeline.progress import Progress, duration
+from pipeline.core.fashion_mnist import MIRRORS, SHA256
+from pipeline.core.params import FetchParams, load_params
+from pipeline.shared.progress import Progress, duration
 
 _CHUNK = 1 << 16
 SOURCES_FILE = "sources.json"
@@ -117,8 +120,19 @@ def verified_content(data: bytes, expected_sha256: str) -> bytes:
     return content
 
 
-def fetch_dataset(params: FetchParams, out_dir: Path) -> dict[str, str]:
-    """Fetch and verify every file of params.files into out_dir; returns file -> mirror used.
+def mirrors_from(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """FASHION_MNIST_MIRRORS (directories and URLs, space-separated) when set, else MIRRORS."""
+    return tuple(environ.get("FASHION_MNIST_MIRRORS", "").split()) or MIRRORS
+
+
+def fetch_dataset(
+    params: FetchParams,
+    out_dir: Path,
+    mirrors: Sequence[str] = MIRRORS,
+    files: Mapping[str, str] = SHA256,
+) -> dict[str, str]:
+    """Fetch and verify every file of `files` (name -> SHA-256 of the decompressed content) from
+    the first of `mirrors` that has it into out_dir; returns file -> mirror used.
 
     out_dir also gets SOURCES_FILE: for each file, the mirror it came from and its SHA-256, the
     data's provenance that `train` and `evaluate` log with the datasets in MLflow. All files are
@@ -130,8 +144,8 @@ def fetch_dataset(params: FetchParams, out_dir: Path) -> dict[str, str]:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".fetch-") as tmp:
         staged = Path(tmp)
-        for name, sha in params.files.items():
-            for mirror in params.mirrors:
+        for name, sha in files.items():
+            for mirror in mirrors:
                 if mirror in attempts.dead_mirrors:
                     continue
                 try:
@@ -148,14 +162,14 @@ def fetch_dataset(params: FetchParams, out_dir: Path) -> dict[str, str]:
                 sources[name] = mirror
                 print(f"  {name}: verified ({len(content):,} bytes) from {mirror}")
                 break
-        missing = [n for n in params.files if n not in sources]
+        missing = [n for n in files if n not in sources]
         if missing:
             raise FetchError(attempts.report() + f"\nmissing: {', '.join(missing)}")
-        provenance = {n: {"mirror": sources[n], "sha256": params.files[n]} for n in params.files}
+        provenance = {n: {"mirror": sources[n], "sha256": files[n]} for n in files}
         (staged / SOURCES_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
         # Everything verified: publish atomically file by file (same filesystem => rename).
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in [*params.files, SOURCES_FILE]:
+        for name in [*files, SOURCES_FILE]:
             os.replace(staged / name, out_dir / name)
     return sources
 
@@ -167,7 +181,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     try:
-        fetch_dataset(params.fetch, args.out)
+        fetch_dataset(params.fetch, args.out, mirrors_from(os.environ))
     except FetchError as err:
         sys.exit(f"fetch failed: {err}")
 

@@ -16,14 +16,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from pipeline.dataset import (
-    CLASS_NAMES,
-    DataError,
-    Split,
-    load_raw_split,
-    save_split,
-)
-from pipeline.params import IMAGE_SIZE, NUM_CLASSES, PrepareParams, load_params
+from pipeline.core.fashion_mnist import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from pipeline.core.params import PrepareParams, load_params
+from pipeline.shared.dataset import DataError, Split, load_raw_split, save_split
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -4,8 +4,8 @@ A Coalescer sends the images waiting in this process as one call as soon as one 
 `max_in_flight` call slots is free: a lone request is sent at once (nothing is held back to wait
 for company), and the requests that arrive while a call runs go out together in the next one.
 Unlike BentoML's adaptive batcher (`batchable=True`) it keeps each endpoint's own request and
-response types, never sheds load with a 503, and needs no learned waiting time (README,
-"Serving design" has the measurements).
+response types, never sheds load with a 503, and needs no learned waiting time (docs/serving.md,
+"Batching", has the measurements).
 """
 
 from __future__ import annotations

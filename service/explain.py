@@ -1,6 +1,6 @@
 """POST /explain and GET /samples: what the CNN does with one image, layer by layer.
 
-`register` ships an explainer with the champion (pipeline/export.py): the same network exported
+`register` ships an explainer with the champion (pipeline/promotion/export.py): the same network exported
 to ONNX with one more output per conv block and pooling layer, and explainer.json with each of
 those layers' geometry, the first conv layer's learned filters and a few test images. Here its
 activations become something a browser shows directly and a client can still read back: per layer
@@ -27,11 +27,13 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from pipeline.inference import OnnxClassifier, check_images
+from pipeline.core.inference import OnnxClassifier, check_images
 from service.inputs import InputError
 from service.schemas import ClassifiedImage, ModelRef, predictions
 
-EXPLAINER_FORMAT = 1  # the explainer.json layout this code reads (pipeline/export.py writes it)
+EXPLAINER_FORMAT = (
+    1  # the explainer.json layout this code reads (pipeline/promotion/export.py writes it)
+)
 GAP = 1  # pixels between tiles of a grid
 MAP_GAP_VALUE = 96  # dark gray: an all-black tile (a channel that did not fire) stays visible
 FILTER_GAP_RGB = (128, 128, 128)
@@ -93,7 +95,7 @@ def png_data_url(image: np.ndarray) -> str:
 
 
 def formula(n: int, f: int, p: float, s: int, n_out: int) -> str:
-    """The output-size formula worked out, as README and the layer table write it."""
+    """The output-size formula worked out, as docs/cnn.md and the layer table write it."""
     return f"floor(({n} + 2*{p:g} - {f}) / {s}) + 1 = {n_out}"
 
 

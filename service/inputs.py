@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from starlette.responses import JSONResponse
 
-from pipeline.preprocess import image_to_colour_pixels, image_to_pixels
+from pipeline.core.preprocess import image_to_colour_pixels, image_to_pixels
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")  # the only decoders PIL may use
 MAX_PIXELS = 50_000_000  # width x height; a small file can declare a huge image

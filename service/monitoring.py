@@ -3,7 +3,7 @@
 A request pays for one `deque.append` in `PredictionRecorder.record` (or, when the recorder is
 `queue_size` requests behind, a dropped record counted in /metrics): no disk write, no JSON, no
 per-image arithmetic. A background thread per worker process wakes every FLUSH_SECONDS, takes
-everything waiting, summarises the images all at once (pipeline/prediction_log.py), appends the
+everything waiting, summarises the images all at once (pipeline/core/prediction_log.py), appends the
 JSON lines to this process's own file (`predictions-<UTC day>-<host>-<pid>.jsonl`, so workers
 never share a file) and then updates the counters below. BentoML runs prometheus_client in
 multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set for each worker before it imports this module),
@@ -33,7 +33,7 @@ import numpy as np
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
 
-from pipeline.prediction_log import file_name, record_lines
+from pipeline.core.prediction_log import file_name, record_lines
 from service import settings
 
 FLUSH_SECONDS = 0.25  # records and metrics lag answers by at most about this much

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, Field
 
-from pipeline.params import IMAGE_SIZE, ServeParams
+from pipeline.core.fashion_mnist import IMAGE_SIZE
+from pipeline.core.params import ServeParams
 from service.inputs import FORMATS
 
 # fail_fast: one bad pixel gives one error, not one per pixel of a 64-image request.

@@ -2,11 +2,11 @@
 GET /metadata; BentoML adds /readyz, /livez, /metrics and the OpenAPI docs at /.
 
 One service: each worker process holds the champion's ONNX export under ONNX Runtime (no
-TensorFlow; pipeline/inference.py, the path register checked against evaluate) and answers
+TensorFlow; pipeline/core/inference.py, the path register checked against evaluate) and answers
 requests itself. Concurrent requests in a worker are batched in-process (service/coalesce.py):
 whatever arrived while the model was busy goes into its next call, which runs in a thread so the
 event loop keeps parsing requests. Image files become pixels with the pipeline's own function
-(pipeline/preprocess.py), also in a thread. `bentoml serve` from the repository root starts it
+(pipeline/core/preprocess.py), also in a thread. `bentoml serve` from the repository root starts it
 (bentofile.yaml). POST /explain, GET /samples and the page at /ui (service/explain.py,
 service/ui.py) show what the network does with one image, layer by layer.
 """
@@ -57,7 +57,7 @@ MODEL_BATCH_IMAGES = bentoml.metrics.Histogram(
 def settle_heap() -> None:
     """Exempt what start-up loaded from garbage collection, and run full collections 10x less
     often. Measured under the load test: each full collection paused a worker 50-190 ms (12-14
-    of them in 45 s); with this, one, and p99 201 -> 107 ms at the same memory (README)."""
+    of them in 45 s); with this, one, and p99 201 -> 107 ms at the same memory (docs/serving.md, "Under load and faults")."""
     gc.collect()
     gc.freeze()
     gen0, gen1, _ = gc.get_threshold()
@@ -77,7 +77,7 @@ class FashionClassifier:
     bento_model = bentoml.models.BentoModel(settings.model_tag())
 
     def __init__(self) -> None:
-        from pipeline.inference import OnnxClassifier
+        from pipeline.core.inference import OnnxClassifier
 
         if serve.max_images_per_request > MAX_BATCH:
             raise ValueError(f"serve.max_images_per_request must be at most {MAX_BATCH}")

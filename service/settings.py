@@ -12,7 +12,7 @@ import functools
 import os
 from pathlib import Path
 
-from pipeline.params import ServeParams, load_serve_params
+from pipeline.core.params import ServeParams, load_serve_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,8 @@ package (scripts/system-deps.sh test installs it), driven by Playwright pointed 
 (Playwright's own browser download is not used).
 
 A test module loads the fixtures with `pytest_plugins = ["browser_fixtures"]` and imports the
-helpers. FASHION_MNIST_SCREENSHOTS=<dir> also saves published screenshots there (README's).
+helpers. FASHION_MNIST_SCREENSHOTS=<dir> also saves published screenshots there (docs/images/,
+shown in README.md and docs/).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def save_screenshot(
     selector: str | None = None,
 ) -> Path:
     """The whole page (or its top `height` pixels, or only the element `selector`) to tmp_path,
-    and if `publish` also to FASHION_MNIST_SCREENSHOTS (README's images come from there)."""
+    and if `publish` also to FASHION_MNIST_SCREENSHOTS (docs/images/ comes from there)."""
     path = tmp_path / name
     if selector:
         page.locator(selector).screenshot(path=path)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.servers import free_port, start_server, stop
+from harness.servers import free_port, start_server, stop
 
 # Test modules import helpers from these fixture modules before pytest_plugins loads them.
 pytest.register_assert_rewrite("browser_fixtures", "service_fixtures")

@@ -8,10 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.architecture import format_table, forward_flops, layer_table, output_size
-from pipeline.inference import Classifier
-from pipeline.model import build_model, network, spatial_sizes, with_test_time_flip
-from pipeline.params import ConvBlock, DenseLayer, ModelParams, PoolParams
+from pipeline.core.architecture import layer_table, output_size
+from pipeline.core.params import ConvBlock, DenseLayer, ModelParams, PoolParams
+from pipeline.reporting.flops import format_table, forward_flops
+from pipeline.shared.keras_runtime import Classifier
+from pipeline.training.model import build_model, network, spatial_sizes, with_test_time_flip
 
 pytestmark = pytest.mark.model
 

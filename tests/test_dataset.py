@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from idx_files import idx_bytes, tiny_dataset
 
-from pipeline.dataset import (
+from pipeline.shared.dataset import (
     DataError,
     Split,
     content_hash,

@@ -8,6 +8,8 @@ best one is promoted with `dvc exp apply` + `dvc repro` without retraining.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import shlex
@@ -17,8 +19,9 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, REPO, SMALL_RUN, base_env, copy_workspace, run, set_params
+from mlflow import MlflowClient
 
-from pipeline.params import load_params
+from pipeline.core.params import load_params
 
 pytestmark = pytest.mark.e2e
 
@@ -128,6 +131,19 @@ def test_readme_sweep_table_fits_in_120_columns(sweep):
         assert f"[{name}]" in table
 
 
+def test_plain_exp_show_compares_params_not_data_sources(sweep):
+    """Every key of params.yaml is a `dvc exp show` column: where the data is downloaded from and
+    its checksums are not among them (they cannot change the data; fetch's code checks them)."""
+    ws, env = sweep
+    table = list(csv.reader(io.StringIO(run([DVC, "exp", "show", "--csv"], ws, env).stdout)))
+    header, cells = table[0], [cell for row in table[1:] for cell in row]
+    assert "train.learning_rate" in header and "model.conv_blocks" in header
+    assert not [
+        c for c in header if c.startswith("fetch.") and "timeout" not in c and "retr" not in c
+    ]
+    assert not [c for c in cells if "://" in c or re.fullmatch(r"[0-9a-f]{64}", c)]
+
+
 def test_each_experiment_is_one_finished_mlflow_run_named_after_it(sweep):
     ws, env = sweep
     rows = revisions(ws, env)
@@ -145,6 +161,25 @@ def test_each_experiment_is_one_finished_mlflow_run_named_after_it(sweep):
         assert (run_name, status) == (name, "FINISHED")
         # `dvc exp show` -> the MLflow run, and the run's name -> the experiment.
         assert metric(rows[name], "reports/train/run.json", "mlflow_run_id") == run_id
+
+
+def test_overlapping_registers_leave_the_best_run_champion(sweep):
+    """The two experiments' registers ran at the same time (`-j 2`) on one MLflow store: neither
+    failed, and `@champion` is the run with the best validation accuracy of all."""
+    ws, env = sweep
+    for name in EXPERIMENTS:
+        log = run([DVC, "queue", "logs", name], ws, env).stdout
+        assert re.search(r"^register: (promoted|kept): ", log, re.M), log[-3000:]
+    rows = revisions(ws, env)
+    val = {
+        metric(data, "reports/train/run.json", "mlflow_run_id"): metric(
+            data, "reports/train/metrics.json", "best_val_accuracy"
+        )
+        for data in rows.values()
+    }
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    assert val[champion.run_id] == max(val.values()), (champion.run_id, val)
 
 
 def test_apply_the_best_then_repro_retrains_nothing(sweep):

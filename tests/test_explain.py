@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.architecture import layer_table
+from pipeline.core.architecture import layer_table
 from service.explain import (
     Grid,
     diverging_rgb,
@@ -155,9 +155,9 @@ def test_filters_view_keeps_kernel_order_and_sign():
     ],
 )  # fmt: skip
 def test_explained_layers_come_from_the_keras_model(blocks):
-    from pipeline.export import explained_layers
-    from pipeline.model import build_model
-    from pipeline.params import ModelParams
+    from pipeline.core.params import ModelParams
+    from pipeline.promotion.export import explained_layers
+    from pipeline.training.model import build_model
 
     params = ModelParams(
         conv_blocks=[{"activation": "relu", "dropout": 0.0, **b} for b in blocks],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 import http.server
+import os
 import subprocess
 import sys
 import threading
@@ -15,8 +16,9 @@ import yaml
 from conftest import REPO, free_port
 from idx_files import gz, sha256, tiny_dataset
 
-from pipeline.fetch import FetchError, fetch_dataset
-from pipeline.params import FetchParams
+from pipeline.core.fashion_mnist import MIRRORS
+from pipeline.core.params import FetchParams
+from pipeline.fetch import FetchError, fetch_dataset, mirrors_from
 
 pytestmark = [pytest.mark.data]
 
@@ -49,19 +51,16 @@ def http_root(tmp_path_factory) -> tuple[str, Path]:
     server.shutdown()
 
 
-def params(*mirrors: str) -> FetchParams:
-    return FetchParams(
-        mirrors=list(mirrors),
-        files={name: sha256(data) for name, data in FILES.items()},
-        timeout_s=2,
-        retries=0,
-    )
+HASHES = {name: sha256(data) for name, data in FILES.items()}
+
+
+PARAMS = FetchParams(timeout_s=2, retries=0)
 
 
 def test_corrupt_mirror_rejected_good_mirror_taken(http_root, tmp_path, capsys):
     url, _ = http_root
     out = tmp_path / "raw"
-    sources = fetch_dataset(params(f"{url}/corrupt", f"{url}/good"), out)
+    sources = fetch_dataset(PARAMS, out, [f"{url}/corrupt", f"{url}/good"], HASHES)
     assert set(sources.values()) == {f"{url}/good"}
     for name, data in FILES.items():
         assert (out / name).read_bytes() == data, "decompressed, verified content is written"
@@ -74,7 +73,7 @@ def test_local_directory_with_different_gzip_bytes(tmp_path):
     mirror.mkdir()
     for name, data in FILES.items():
         (mirror / f"{name}.gz").write_bytes(gzip.compress(data, compresslevel=1, mtime=123))
-    sources = fetch_dataset(params(str(mirror)), tmp_path / "raw")
+    sources = fetch_dataset(PARAMS, tmp_path / "raw", [str(mirror)], HASHES)
     assert set(sources.values()) == {str(mirror)}
 
 
@@ -84,7 +83,7 @@ def test_only_bad_mirrors_fail_with_every_reason_and_no_files(http_root, tmp_pat
     mirrors = (f"{url}/corrupt", f"{url}/notgz", f"{url}/missing", dead, str(tmp_path / "nowhere"))
     out = tmp_path / "data" / "raw"
     with pytest.raises(FetchError) as err:
-        fetch_dataset(params(*mirrors), out)
+        fetch_dataset(PARAMS, out, mirrors, HASHES)
     message = str(err.value)
     assert "checksum mismatch" in message
     assert "not a gzip file" in message
@@ -100,12 +99,13 @@ def test_only_bad_mirrors_fail_with_every_reason_and_no_files(http_root, tmp_pat
 def test_stage_exits_nonzero_with_clear_message(http_root, tmp_path):
     url, _ = http_root
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["fetch"] = params(f"{url}/corrupt").model_dump()
+    raw["fetch"] = PARAMS.model_dump()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     out = tmp_path / "data" / "raw"
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.fetch", "--params", "params.yaml", "--out", str(out)],
         cwd=tmp_path,
+        env={**os.environ, "FASHION_MNIST_MIRRORS": f"{url}/corrupt"},
         capture_output=True,
         text=True,
         timeout=60,
@@ -114,3 +114,10 @@ def test_stage_exits_nonzero_with_clear_message(http_root, tmp_path):
     assert "fetch failed: could not fetch Fashion-MNIST from any mirror" in proc.stderr
     assert f"{url}/corrupt [t10k-labels-idx1-ubyte]: checksum mismatch" in proc.stderr
     assert not out.exists()
+
+
+def test_mirrors_come_from_the_environment_when_set():
+    assert mirrors_from({}) == MIRRORS
+    assert mirrors_from({"FASHION_MNIST_MIRRORS": " "}) == MIRRORS
+    local, url = "/srv/fashion-mnist", "https://mirror.example/fashion"
+    assert mirrors_from({"FASHION_MNIST_MIRRORS": f"{local}  {url}\n"}) == (local, url)

@@ -19,8 +19,8 @@ from browser_fixtures import PHONE, clear_item, explained, open_page, png, post,
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from pipeline.architecture import total_padding
-from pipeline.preprocess import image_to_colour_pixels
+from pipeline.core.architecture import total_padding
+from pipeline.core.preprocess import image_to_colour_pixels
 
 pytest_plugins = ["service_fixtures", "browser_fixtures"]
 pytestmark = pytest.mark.service
@@ -244,12 +244,12 @@ def test_learned_filter_is_the_networks_first_convolution(
 ):
     import onnxruntime
 
-    import pipeline.quiet_tensorflow  # noqa: F401
+    import pipeline.training.quiet_tensorflow  # noqa: F401
 
     # isort: split
     import keras
 
-    from pipeline.model import network
+    from pipeline.training.model import network
 
     page, console, pixels = lesson
     name, version = (
@@ -371,7 +371,7 @@ def test_keyboard_and_phone(browser, service_url, test_images, tmp_path):
 
 
 def test_screenshot_of_the_lesson(lesson, tmp_path):
-    """README's picture of section 4: the person's image, a kernel, a worked pixel, pooling."""
+    """docs/ui.md's picture of section 4: the person's image, a kernel, a worked pixel, pooling."""
     page, console, pixels = lesson
     choose(page, kernel="sobel-top", padding="same", stride=1, pool=2, pool_stride=2)
     inner = np.abs(correlate(pixels, np.array(TOP_SOBEL), 1, "same"))[6:22, 6:22]

@@ -28,16 +28,16 @@ from PIL import Image
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.dataset import CLASS_NAMES
-from pipeline.drift import build_report, class_drift, numeric_drift, render_html
-from pipeline.params import MonitorParams
-from pipeline.prediction_log import (
+from pipeline.core.fashion_mnist import CLASS_NAMES
+from pipeline.core.params import MonitorParams
+from pipeline.core.prediction_log import (
     FIELDS,
     format_time,
     image_features,
     read_records,
     record_lines,
 )
+from pipeline.drift import build_report, class_drift, numeric_drift, render_html
 
 pytest_plugins = ["service_fixtures"]  # service_url, test_images, champion
 

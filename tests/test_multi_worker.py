@@ -13,7 +13,7 @@ import pytest
 from conftest import base_env, free_port, set_params
 from test_resume import train_command
 
-from pipeline.resume import STATE_DIR
+from pipeline.training.resume import STATE_DIR
 
 pytestmark = pytest.mark.model
 

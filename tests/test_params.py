@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from pipeline.params import ParamsError, load_params, parse_params
+from pipeline.core.params import ParamsError, load_params, parse_params
 
 pytestmark = pytest.mark.unit
 
@@ -31,7 +31,7 @@ def with_change(path: str, value: object, delete: bool = False) -> dict:
 def test_repository_params_are_valid():
     params = load_params(REPO / "params.yaml")
     assert params.serve.bento_model_name
-    assert len(params.fetch.files) == 4
+    assert params.fetch.timeout_s > 0
 
 
 @pytest.mark.parametrize(
@@ -46,11 +46,7 @@ def test_repository_params_are_valid():
             "model.conv_blocks.0.padding: Input should be 'valid' or 'same'",
         ),
         ("prepare.val_fraction", 1.5, "prepare.val_fraction: Input should be less than 1"),
-        (
-            "fetch.files.t10k-labels-idx1-ubyte",
-            "abc",
-            "fetch.files.t10k-labels-idx1-ubyte: String should match pattern",
-        ),
+        ("fetch.timeout_s", 0, "fetch.timeout_s: Input should be greater than 0"),
         (
             "register.min_accuracy",
             2,

@@ -11,10 +11,10 @@ import pytest
 from conftest import BIN, SMALL_RUN, base_env, copy_workspace, run, set_params
 from mlflow.tracking import MlflowClient
 
-from pipeline.dataset import RAW_FILES, content_hash, load_split
-from pipeline.inference import file_sha256
-from pipeline.params import load_params
-from pipeline.tracking import download_keras_file
+from pipeline.core.fashion_mnist import MIRRORS, RAW_FILES, SHA256
+from pipeline.core.inference import file_sha256
+from pipeline.shared.dataset import content_hash, load_split
+from pipeline.shared.tracking import download_keras_file
 
 pytest_plugins = ["service_fixtures"]  # champion
 
@@ -40,9 +40,8 @@ def test_repro_prepare_then_nothing_to_do(tmp_path):
     assert sorted(p.name for p in (ws / "data" / "raw").iterdir()) == sorted(
         [*sources, "sources.json"]
     )
-    params = load_params(ws / "params.yaml")
-    assert {n: s["sha256"] for n, s in sources.items()} == params.fetch.files
-    assert {s["mirror"] for s in sources.values()} <= set(params.fetch.mirrors)
+    assert {n: s["sha256"] for n, s in sources.items()} == SHA256
+    assert {s["mirror"] for s in sources.values()} <= set(MIRRORS)
     second = run([DVC, "repro", "prepare"], ws, env)
     assert "Running stage" not in second.stdout
     assert "up to date" in second.stdout

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.dataset import DataError, Split
-from pipeline.params import PrepareParams
+from pipeline.core.params import PrepareParams
 from pipeline.prepare import (
     check_splits,
     count_duplicates,
@@ -16,6 +15,7 @@ from pipeline.prepare import (
     stratified_split,
     stratified_subset,
 )
+from pipeline.shared.dataset import DataError, Split
 
 pytestmark = [pytest.mark.unit, pytest.mark.data]
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.preprocess import image_to_colour_pixels, image_to_pixels, preprocessing_layers
+from pipeline.core.preprocess import image_to_colour_pixels, image_to_pixels
+from pipeline.training.model import preprocessing_layers
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from pipeline.progress import Progress, duration, status
+from pipeline.shared.progress import Progress, duration, status
 
 pytestmark = pytest.mark.unit
 

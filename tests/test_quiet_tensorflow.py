@@ -18,7 +18,7 @@ NOISE = re.compile(
 
 @pytest.mark.unit
 def test_filter_drops_noise_and_keeps_the_rest():
-    from pipeline.quiet_tensorflow import without_noise
+    from pipeline.training.quiet_tensorflow import without_noise
 
     noise = [
         "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
@@ -50,7 +50,7 @@ def test_importing_tensorflow_prints_no_noise_but_warnings_still_show():
     env = base_env()
     env.pop("TF_CPP_MIN_LOG_LEVEL")  # the module alone must do it
     code = (
-        "import pipeline.quiet_tensorflow\n"
+        "import pipeline.training.quiet_tensorflow\n"
         "import tensorflow as tf, warnings\n"
         "tf.reduce_sum(tf.ones(3))\n"  # runs an op: any later start-up logging would show now
         "warnings.warn('still shown')\n"

@@ -8,6 +8,7 @@ a registered model of their own, so the pipeline's champion is never touched.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import subprocess
@@ -22,8 +23,9 @@ import yaml
 from conftest import BIN, free_port, run, start_server, stop
 from mlflow import MlflowClient
 
-from pipeline.params import RegisterParams
-from pipeline.register import decide
+from pipeline.core.params import RegisterParams
+from pipeline.promotion.choice import decide
+from pipeline.promotion.registry import local_store, promotion_lock
 
 pytest_plugins = ["service_fixtures"]  # champion, test_images, evaluated
 
@@ -192,10 +194,11 @@ MAKE_RUNS = r"""
 import json, os, sys, tempfile
 from pathlib import Path
 import keras, mlflow
-from pipeline.dataset import content_hash, load_split
+from pipeline.shared.dataset import content_hash, load_split
 from pipeline.evaluate import evaluate_predictions
-from pipeline.inference import Classifier, file_sha256
-from pipeline.tracking import download_keras_file
+from pipeline.core.inference import file_sha256
+from pipeline.shared.keras_runtime import Classifier
+from pipeline.shared.tracking import download_keras_file
 
 mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
 model = keras.saving.load_model("models/model.keras")
@@ -377,8 +380,8 @@ def test_champion_validated_on_other_data_is_remeasured(
         source, model, tags={"val_accuracy": "0.99", "val_data_hash": "0" * 64}
     )
     client.set_registered_model_alias(model, "champion", old.version)
-    from pipeline.dataset import load_split
-    from pipeline.inference import Classifier
+    from pipeline.shared.dataset import load_split
+    from pipeline.shared.keras_runtime import Classifier
 
     val = load_split(pipeline_run / "data" / "prepared" / "val.npz")
     classifier = Classifier.from_file(pipeline_run / "models" / "model.keras")
@@ -436,3 +439,32 @@ def test_mlflow_models_serve_answers_raw_pixels(
     assert resp.status_code == 200, resp.text
     proba = np.asarray(resp.json()["predictions"])
     assert (proba.argmax(axis=1) == evaluated["predicted_id"].to_numpy()[:16]).all()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("uri", "store"),
+    [
+        ("sqlite:////srv/mlflow/mlflow.db", Path("/srv/mlflow/mlflow.db")),
+        ("sqlite:///mlflow.db", Path("mlflow.db")),
+        ("file:///srv/mlruns", Path("/srv/mlruns")),
+        ("/srv/mlruns", Path("/srv/mlruns")),
+        ("http://mlflow.internal:5000", None),
+    ],
+)
+def test_a_local_store_is_found_from_its_tracking_uri(uri, store):
+    assert local_store(uri) == store
+
+
+@pytest.mark.unit
+def test_one_promotion_at_a_time_on_a_local_store(tmp_path):
+    """While one register holds the lock, another open of it cannot take it; released after."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with promotion_lock(uri) as held:
+        assert held == tmp_path / "mlflow.db.promotion.lock"
+        with held.open("a") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with held.open("a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
+    with promotion_lock("http://127.0.0.1:1") as nothing:
+        assert nothing is None

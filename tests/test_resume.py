@@ -20,9 +20,9 @@ from conftest import base_env, set_params
 from test_quiet_tensorflow import NOISE
 from test_train import small_params, tiny
 
-from pipeline.model import network
-from pipeline.resume import STATE_DIR, Resume, TrainState, claimed_state, state_key
-from pipeline.train import fit_model, train_batches
+from pipeline.training.fit import fit_model, train_batches
+from pipeline.training.model import network
+from pipeline.training.resume import STATE_DIR, Resume, TrainState, claimed_state, state_key
 
 pytestmark = pytest.mark.model
 

@@ -1,6 +1,6 @@
 """The service under fuzzing, load and several workers: no 5xx, and it keeps serving.
 
-Bounded versions of benchmarks/load_test.py and of fuzzing from the service's own OpenAPI schema
+Bounded versions of benchmarks/load_test.py (harness/load.py) and of fuzzing from the service's own OpenAPI schema
 (schemathesis) and of random bytes to /classify (hypothesis), against a real `bentoml serve`.
 """
 
@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from benchmarks.load_test import load_test
-from pipeline.params import load_params
+from harness.load import load_test
+from pipeline.core.params import load_params
 
 pytest_plugins = ["service_fixtures"]
 pytestmark = pytest.mark.service

@@ -14,7 +14,7 @@ from conftest import REPO
 
 pytestmark = pytest.mark.unit
 
-PACKAGES = ("pipeline", "service", "benchmarks", "tests")
+PACKAGES = ("pipeline", "service", "harness", "benchmarks", "tests")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -62,14 +62,18 @@ def test_stage_deps_list_every_module_it_imports(stage):
 
 
 def test_package_inits_hold_no_code():
-    """Importing pipeline.x runs pipeline/__init__.py too; it is left out of deps only because it
-    is a docstring and nothing else."""
-    for package in ("pipeline", "service"):
-        tree = ast.parse((REPO / package / "__init__.py").read_text())
+    """Importing pipeline.core.x runs pipeline/__init__.py and pipeline/core/__init__.py too; they
+    are left out of deps only because each is a docstring and nothing else."""
+    inits = [
+        p for package in ("pipeline", "service") for p in (REPO / package).rglob("__init__.py")
+    ]
+    assert len(inits) >= 7, inits
+    for init in inits:
+        tree = ast.parse(init.read_text())
         assert all(
             isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
             for node in tree.body
-        ), f"{package}/__init__.py"
+        ), str(init.relative_to(REPO))
 
 
 # Who may import whom: the service may use the pipeline's core, never the reverse; tests and
@@ -77,7 +81,11 @@ def test_package_inits_hold_no_code():
 ALLOWED = {
     "pipeline": {"pipeline"},
     "service": {"pipeline", "service"},
-    "benchmarks": {"pipeline", "service", "benchmarks"},
+    # what tests and benchmarks share: servers, load, the machine, result files; no product code
+    # beyond the pipeline's core
+    "harness": {"harness", "pipeline"},
+    # each benchmark stands alone: what they share is in harness, never in another benchmark
+    "benchmarks": {"pipeline", "service", "harness"},
     "tests": set(PACKAGES),
 }
 
@@ -85,7 +93,7 @@ ALLOWED = {
 @pytest.mark.parametrize("package", list(ALLOWED))
 def test_imports_run_one_way(package):
     wrong = []
-    for path in sorted((REPO / package).glob("*.py")):
+    for path in sorted((REPO / package).rglob("*.py")):
         for name in imported_modules(path):
             top = name.split(".")[0]
             if top in PACKAGES and top not in ALLOWED[package] and module_file(name):
@@ -94,26 +102,73 @@ def test_imports_run_one_way(package):
 
 
 def test_the_checks_see_real_imports():
-    """Guard against a checker that finds nothing: train imports model, which imports preprocess."""
+    """Guard against a checker that finds nothing: train imports fit, which imports model, which
+    imports params; and no more than it uses (the service's image fitting is not train's)."""
     found = project_imports(REPO / "pipeline" / "train.py")
-    assert {"pipeline/model.py", "pipeline/preprocess.py", "pipeline/params.py"} <= found
-    assert "pipeline/model.py" in project_imports(REPO / "pipeline" / "model.py")
+    expected = {
+        "pipeline/training/fit.py",
+        "pipeline/training/model.py",
+        "pipeline/core/params.py",
+    }
+    assert expected <= found
+    assert "pipeline/core/preprocess.py" not in found
+    model = REPO / "pipeline" / "training" / "model.py"
+    assert "pipeline/training/model.py" in project_imports(model)
+
+
+CORE = "pipeline.core"
+STAGES = {f"pipeline.{stage}" for stage in stages()}
+
+
+def test_the_service_imports_the_core_and_nothing_else_of_the_pipeline():
+    wrong = [
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in sorted((REPO / "service").rglob("*.py"))
+        for name in imported_modules(path)
+        if name.split(".")[0] == "pipeline" and not name.startswith(CORE) and module_file(name)
+    ]
+    assert wrong == []
+    used = {
+        name
+        for path in (REPO / "service").rglob("*.py")
+        for name in imported_modules(path)
+        if name.startswith(CORE)
+    }
+    assert {"pipeline.core.params", "pipeline.core.inference", "pipeline.core.preprocess"} <= used
+
+
+# What the core may not import, even indirectly: the Bento and its image hold no TensorFlow.
+HEAVY = {"tensorflow", "keras", "tf2onnx", "mlflow", "dvc", "sklearn", "pandas", "matplotlib"}
+
+
+def test_the_core_imports_no_tensorflow_and_no_stage():
+    core_files = sorted((REPO / "pipeline" / "core").glob("*.py"))
+    assert len(core_files) >= 6
+    wrong = []
+    for path in core_files:
+        for name in imported_modules(path):
+            top = name.split(".")[0]
+            if top in HEAVY or name in STAGES:
+                wrong.append(f"{path.relative_to(REPO)} imports {name}")
+            elif top == "pipeline" and not name.startswith(CORE):
+                wrong.append(f"{path.relative_to(REPO)} imports {name} (outside the core)")
+    assert wrong == []
 
 
 def test_bento_packs_exactly_what_the_service_imports():
-    """bentofile.yaml's include: the service's own modules and the pipeline modules they import,
-    transitively (plus params.yaml, which it reads), nothing else: no TensorFlow-only code."""
+    """bentofile.yaml's include: the service's own modules and pipeline/core whole, which is what
+    they import, transitively (plus params.yaml, which it reads): no TensorFlow-only code."""
     bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
     packed = {
         str(path.relative_to(REPO))
         for pattern in bentofile["include"]
-        for path in REPO.glob(pattern)
+        for path in (REPO.glob(f"{pattern}**/*") if pattern.endswith("/") else REPO.glob(pattern))
         if path.suffix == ".py"
     }
     needed = set()
     for path in (REPO / "service").glob("*.py"):
         needed |= project_imports(path)
-    needed |= {"pipeline/__init__.py", "service/__init__.py"}
+    needed |= {"pipeline/__init__.py", "pipeline/core/__init__.py", "service/__init__.py"}
     assert sorted(needed - packed) == [], "the Bento misses modules the service imports"
     assert sorted(packed - needed) == [], "the Bento packs modules the service does not import"
     assert "params.yaml" in bentofile["include"]

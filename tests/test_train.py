@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from conftest import REPO, base_env, copy_workspace, free_port
 
-from pipeline.dataset import Split
-from pipeline.params import load_params
-from pipeline.tracking import TrackingUnavailable, check_server, flatten, tracking_uri
-from pipeline.train import fit_model, learning_rate
+from pipeline.core.params import load_params
+from pipeline.shared.dataset import Split
+from pipeline.shared.tracking import TrackingUnavailable, check_server, flatten, tracking_uri
+from pipeline.training.fit import fit_model, learning_rate
 
 pytestmark = pytest.mark.model
 

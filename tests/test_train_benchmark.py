@@ -3,7 +3,6 @@ real run on the small prepared subset (one epoch each, so seconds, not a benchma
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +11,12 @@ import pytest
 import yaml
 
 from benchmarks.train_benchmark import main, with_overrides
-from pipeline.architecture import forward_flops
-from pipeline.dataset import load_split
-from pipeline.params import IMAGE_SIZE, NUM_CLASSES, ParamsError, load_params
+from harness.results import read, result_files
+from pipeline.core.fashion_mnist import IMAGE_SIZE, NUM_CLASSES
+from pipeline.core.inference import file_sha256
+from pipeline.core.params import ParamsError, load_params
+from pipeline.reporting.flops import forward_flops
+from pipeline.shared.dataset import load_split
 
 pytestmark = pytest.mark.model
 
@@ -48,19 +50,23 @@ def test_overrides_change_params_like_dvc_exp_run_and_name_what_is_wrong():
 def test_benchmark_trains_a_candidate_and_the_reference_and_reports_them(
     prepared_workspace: Path, tmp_path: Path
 ):
-    out = tmp_path / "train.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "train_benchmark.py"), "--epochs", "1",
-         "--set", "model.conv_blocks.1.filters=16", "--name", "narrow", "--out", str(out)],
+         "--set", "model.conv_blocks.1.filters=16", "--name", "narrow", "--results", str(tmp_path)],
         cwd=prepared_workspace, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    (out,) = result_files(tmp_path)
+    data = read(out)  # the result-file format: machine, models by SHA-256, figures
+    report = data["train"]["figures"]
     params = load_params(prepared_workspace / "params.yaml")
     assert report["train_samples"] == len(
         load_split(prepared_workspace / "data/prepared/train.npz")
     )
-    assert report["machine"]["cpu"] and report["machine"]["cpus"] >= 1
+    assert data["machine"]["cpu"] and data["machine"]["cpus"] >= 1
+    models = {m["name"]: m for m in data["train"]["models"]}
+    assert models["narrow"]["sha256"] == file_sha256(tmp_path / "models" / "train-narrow.keras")
+    assert "conv 32p-16" in models["narrow"]["what"] and "reference" in models["reference"]["what"]
     narrow, ref = report["results"]
     assert (narrow["model"], ref["model"]) == ("narrow", "reference")
     assert narrow["overrides"] == ["model.conv_blocks.1.filters=16"] and ref["overrides"] == []
@@ -78,7 +84,7 @@ def test_benchmark_trains_a_candidate_and_the_reference_and_reports_them(
     assert 0.1 < ref["val_accuracy"] <= 1 and ref["training_seconds"] > 0
 
     table = done.stdout
-    assert "narrow" in table and "reference" in table and report["machine"]["cpu"] in table
+    assert "narrow" in table and "reference" in table and data["machine"]["cpu"] in table
     ref_row = next(line for line in table.splitlines() if line.startswith("reference"))
     assert " 1.0 " in ref_row  # its own time is 1x the reference
 
@@ -86,10 +92,9 @@ def test_benchmark_trains_a_candidate_and_the_reference_and_reports_them(
 def test_benchmark_refuses_an_unknown_key_before_training(
     prepared_workspace, tmp_path, monkeypatch
 ):
-    out = tmp_path / "x.json"
     monkeypatch.chdir(prepared_workspace)
     monkeypatch.setattr(
-        sys, "argv", ["train_benchmark.py", "--set", "train.epochz=3", "--out", str(out)]
+        sys, "argv", ["train_benchmark.py", "--set", "train.epochz=3", "--results", str(tmp_path)]
     )
     with pytest.raises(SystemExit) as exit_:
         main()
@@ -98,4 +103,4 @@ def test_benchmark_refuses_an_unknown_key_before_training(
         "train_benchmark: params.yaml with train.epochz=3: invalid parameters"
     )
     assert "train.epochz" in message.splitlines()[-1]
-    assert not out.exists()
+    assert result_files(tmp_path) == []

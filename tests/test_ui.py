@@ -25,9 +25,9 @@ from browser_fixtures import (
     save_screenshot,
 )
 
-from pipeline.architecture import layer_table
-from pipeline.dataset import CLASS_NAMES
-from pipeline.params import load_params
+from pipeline.core.architecture import layer_table
+from pipeline.core.fashion_mnist import CLASS_NAMES
+from pipeline.core.params import load_params
 
 pytest_plugins = ["service_fixtures", "browser_fixtures"]  # service_url, ...; browser, desktop
 pytestmark = pytest.mark.service
@@ -177,7 +177,7 @@ def test_upload_shows_classify_answer_layers_and_model(
         assert f"n = {n}, f = {f}, p = {p:g}, s = {s}" in caption
         assert layer["formula"] in caption
     assert "learned" in page.inner_text("#filters-caption")
-    # README's: from the top down to the first row of feature maps.
+    # docs/ui.md's: from the top down to the first row of feature maps.
     first_row_end = page.evaluate(
         "Math.ceil(Math.max(...[...document.querySelectorAll('#layers .layer')].slice(0, 2)"
         ".map(f => f.getBoundingClientRect().bottom)) + window.scrollY + 16)"

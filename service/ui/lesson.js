@@ -73,7 +73,7 @@ function maxPool(map, m, f, s) {
   return { n, values, from };
 }
 
-// The activations g the network may use (pipeline/export.py names them).
+// The activations g the network may use (pipeline/promotion/export.py names them).
 function erf(x) {
   // Abramowitz and Stegun 7.1.26, |error| < 1.5e-7: far below what the page shows.
   const t = 1 / (1 + 0.3275911 * Math.abs(x));

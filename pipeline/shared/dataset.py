@@ -11,26 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.params import IMAGE_SIZE, NUM_CLASSES
+from pipeline.core.fashion_mnist import IMAGE_SIZE, NUM_CLASSES, RAW_FILES
 
-CLASS_NAMES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
 SPLITS = ("train", "val", "test")
-# Raw IDX file names (decompressed), by split and kind.
-RAW_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
 _IDX_UBYTE = 0x08
 
 

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.architecture import LayerRow, output_size, total_padding
-from pipeline.dataset import Split
-from pipeline.params import IMAGE_SIZE, NUM_CLASSES
+from pipeline.core.architecture import LayerRow, output_size, total_padding
+from pipeline.core.fashion_mnist import IMAGE_SIZE, NUM_CLASSES
+from pipeline.shared.dataset import Split
 
 if TYPE_CHECKING:
     import keras
@@ -60,7 +60,7 @@ def _export(model: keras.Model, out: Path) -> Path:
 
 def export_onnx(model_file: Path, out: Path) -> Path:
     """Write the ONNX export of a saved .keras model to `out`; returns `out`."""
-    import pipeline.quiet_tensorflow  # noqa: F401 (TensorFlow without its start-up noise)
+    import pipeline.training.quiet_tensorflow  # noqa: F401 (TensorFlow without its start-up noise)
 
     # isort: split
     import keras
@@ -165,12 +165,12 @@ def sample_indices(labels: np.ndarray, per_class: int = SAMPLES_PER_CLASS) -> np
 
 def export_explainer(model_file: Path, out_dir: Path, test: Split) -> ExplainerExport:
     """Write explainer.onnx and explainer.json for a saved .keras model into `out_dir`."""
-    import pipeline.quiet_tensorflow  # noqa: F401 (TensorFlow without its start-up noise)
+    import pipeline.training.quiet_tensorflow  # noqa: F401 (TensorFlow without its start-up noise)
 
     # isort: split
     import keras
 
-    from pipeline.model import network
+    from pipeline.training.model import network
 
     model = keras.saving.load_model(model_file, compile=False)
     net = network(model)  # the layers are the network's (the same with a test-time flip around)

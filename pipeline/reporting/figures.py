@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipeline.dataset import CLASS_NAMES
+from pipeline.core.fashion_mnist import CLASS_NAMES
 
 
 def confusion_figure(matrix: np.ndarray) -> Figure:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.params import IMAGE_SIZE
+from pipeline.core.fashion_mnist import IMAGE_SIZE
 
-# Per-image summaries of the input, each a number (README, "Monitoring and drift"):
+# Per-image summaries of the input, each a number (docs/monitoring.md, "What the service records"):
 INPUT_FEATURES = (
     "pixel_mean",  # average brightness, 0-255 (Fashion-MNIST: ~73, light object on black)
     "pixel_std",  # contrast, 0-255

@@ -10,10 +10,18 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from pipeline.params import IMAGE_SIZE, NUM_CLASSES, ModelParams
-from pipeline.preprocess import preprocessing_layers
+from pipeline.core.fashion_mnist import IMAGE_SIZE, NUM_CLASSES
+from pipeline.core.params import ModelParams
 
 NETWORK_NAME = "fashion_cnn"
+
+
+def preprocessing_layers() -> list[keras.layers.Layer]:
+    """uint8 pixels (N, 28, 28) -> float32 (N, 28, 28, 1) in [0, 1]: the model's first layers."""
+    return [
+        layers.Rescaling(1 / 255, name="scale"),
+        layers.Reshape((IMAGE_SIZE, IMAGE_SIZE, 1), name="add_channel"),
+    ]
 
 
 def build_model(params: ModelParams) -> keras.Sequential:

@@ -12,12 +12,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.architecture import layer_table
+from pipeline.core.architecture import layer_table
+from pipeline.core.fashion_mnist import IMAGE_SIZE
 
-IMAGE_SIZE = 28  # Fashion-MNIST's images are 28x28 grayscale; not a tunable.
-NUM_CLASSES = 10
-
-Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
@@ -30,9 +27,6 @@ class _Strict(BaseModel):
 
 
 class FetchParams(_Strict):
-    mirrors: list[str] = Field(min_length=1)
-    # File name (without .gz) -> SHA-256 of its decompressed content, identical on every mirror.
-    files: dict[str, Sha256] = Field(min_length=1)
     timeout_s: float = Field(gt=0)
     retries: int = Field(ge=0)
 
@@ -67,7 +61,7 @@ class DenseLayer(_Strict):
 class ModelParams(_Strict):
     conv_blocks: list[ConvBlock] = Field(min_length=1)
     dense: list[DenseLayer]
-    # The saved model averages its answers for the image and its mirror image (pipeline/model.py).
+    # The saved model averages its answers for the image and its mirror image (pipeline/training/model.py).
     test_time_flip: bool
 
     @model_validator(mode="after")
@@ -121,7 +115,7 @@ class ServeParams(_Strict):
     max_images_per_request: int = Field(ge=1)
     max_upload_bytes: int = Field(ge=1)
     request_timeout_s: float = Field(gt=0)
-    # API worker processes, each with the model (README, "Serving runtime"); "cpu_count": one per CPU.
+    # API worker processes, each with the model (docs/serving.md, "Workers"); "cpu_count": one per CPU.
     workers: Annotated[int, Field(ge=1)] | Literal["cpu_count"]
     monitoring: MonitoringParams
 

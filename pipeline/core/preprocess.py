@@ -1,33 +1,19 @@
 """The one preprocessing path, shared by training, evaluation and the service.
 
-`preprocessing_layers` are the saved model's first layers: they turn uint8 28x28 pixels into what
-the convolutions take, so every user of the model (evaluate, the service, `mlflow models serve`)
-sends raw pixels and none can scale them differently. `image_to_pixels` turns an arbitrary photo
+The saved model's first layers turn uint8 28x28 pixels into what the convolutions take
+(`preprocessing_layers` in pipeline/training/model.py), so every user of the model (evaluate, the
+service, `mlflow models serve`) sends raw pixels and none can scale them differently.
+`image_to_pixels` turns an arbitrary photo
 or drawing (any size, any mode) into a Fashion-MNIST-like uint8 28x28 image: grayscale,
 light-on-dark, fitted to 28x28 with its aspect ratio kept.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.params import IMAGE_SIZE
-
-if TYPE_CHECKING:
-    import keras
-
-
-def preprocessing_layers() -> list[keras.layers.Layer]:
-    """uint8 pixels (N, 28, 28) -> float32 (N, 28, 28, 1) in [0, 1]: the model's first layers."""
-    from keras import layers  # only code that builds a model pays for importing Keras
-
-    return [
-        layers.Rescaling(1 / 255, name="scale"),
-        layers.Reshape((IMAGE_SIZE, IMAGE_SIZE, 1), name="add_channel"),
-    ]
+from pipeline.core.fashion_mnist import IMAGE_SIZE
 
 
 def has_light_background(gray: Image.Image) -> bool:

@@ -19,8 +19,9 @@ import mlflow
 import numpy as np
 import yaml
 
-from pipeline.dataset import RAW_FILES, Split, content_hash
-from pipeline.inference import MODEL_FILE
+from pipeline.core.fashion_mnist import RAW_FILES
+from pipeline.core.inference import MODEL_FILE
+from pipeline.shared.dataset import Split, content_hash
 
 # MLflow retries a dead server for minutes by default; fail fast instead.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")

@@ -1,0 +1,269 @@
+"""The tables of docs/benchmarks.md, generated from the result files in benchmarks/results/.
+
+Each table sits between `<!-- table: NAME -->` and `<!-- /table -->` and is generated from the
+newest run of its benchmark (by finish time) in any result file, or from one file:
+`<!-- table: serve from 2026-11-30-intel-xeon-processor-2cpu.json -->`. Above each table: the
+machine (CPU, vector extensions, CPUs, RAM, load average), the model (short SHA-256 and what it
+is), when and by which command it was measured, and the file it comes from.
+
+    python benchmarks/tables.py            # rewrite the tables in place
+    python benchmarks/tables.py --check    # exit 1 naming each table that differs from its file
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.machine import KEY_EXTENSIONS
+from harness.results import RESULTS_DIR, read, result_files, server_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+MARKER = re.compile(
+    r"(<!-- table: (?P<name>[a-z-]+)(?: from (?P<file>[^ ]+))? -->\n)(?P<body>.*?)(<!-- /table -->)",
+    re.DOTALL,
+)
+BATCHES = (1, 8, 32, 128)
+
+
+def short(sha256: str) -> str:
+    return sha256[:12]
+
+
+def num(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def caption(path: Path, data: dict, section: dict) -> list[str]:
+    """Where the numbers come from: machine, model(s), when, how, which file."""
+    m = data["machine"]
+    key = [f for f in KEY_EXTENSIONS if f in m["vector_extensions"]]
+    load = section["load_average_1m"]
+    lines = [
+        f"- **Machine:** {m['cpu']} ({', '.join(key) or 'no AVX2'}), {m['cpus']} CPUs, "
+        f"{m['ram_gib']} GiB RAM; 1-minute load average {load['start']} at the start, "
+        f"{load['end']} at the end",
+    ]
+    for model in section["models"]:
+        named = "" if model["what"].startswith(model["name"]) else f" `{model['name']}`"
+        lines.append(
+            f"- **Model{named}:** SHA-256 `{short(model['sha256'])}` of {model['file']}: "
+            f"{model['what']}"
+        )
+    started, finished = section["started"], section["finished"]
+    lines += [
+        f"- **Run:** {started[:10]} {started[11:16]}-{finished[11:16]} UTC, "
+        f"{num(section.get('seconds'))} s: `{section['command']}`",
+        f"- **File:** `benchmarks/results/{path.name}`",
+        "",
+    ]
+    return lines
+
+
+def train_table(section: dict) -> list[str]:
+    figures = section["figures"]
+    sha = {m["name"]: short(m["sha256"]) for m in section["models"]}
+    rows = figures["results"]
+    ref = next((r["training_seconds"] for r in rows if r["model"] == "reference"), None)
+    lines = [
+        f"{figures['train_samples']:,} training images.",
+        "",
+        "| model | SHA-256 | val acc | test acc | val acc, flip outside | test acc, flip outside "
+        "| epochs | s/epoch | training s | vs reference | MFLOPs / image | GFLOPs / epoch "
+        "| parameters |",
+        "|---|---|" + "---:|" * 11,
+    ]
+    for r in rows:
+        ratio = f"{r['training_seconds'] / ref:.1f}x" if ref else "-"
+        lines.append(
+            f"| {r['model']} | `{sha.get(r['model'], '?')}` | {r['val_accuracy']:.4f} "
+            f"| {r['test_accuracy']:.4f} | {r['val_accuracy_flip_tta']:.4f} "
+            f"| {r['test_accuracy_flip_tta']:.4f} | {r['epochs']} | {r['seconds_per_epoch']:.1f} "
+            f"| {num(r['training_seconds'])} | {ratio} | {r['mflops_per_image']:.1f} "
+            f"| {num(r['gflops_per_epoch'])} | {num(r['parameters'])} |"
+        )
+    return lines
+
+
+def serve_table(section: dict) -> list[str]:
+    figures = section["figures"]
+    servers = figures["servers"]
+    lines = [
+        f"Closed-loop clients, {num(figures['seconds'])} s per point after "
+        f"{num(figures.get('warmup_seconds'))} s of warm-up.",
+        "",
+        *server_rows(servers),
+    ]
+    verdict = figures.get("verdict", {})
+    targets = verdict.get("targets", {})
+    labels = {
+        "vs_additive_ideal_c32": "req/s at concurrency 32 vs the additive ideal",
+        "p50_vs_noop_c1": "p50 at concurrency 1 vs no-op",
+        "vs_mlflow_c32": "req/s at concurrency 32 vs `mlflow models serve`",
+    }
+    lines += ["", "| targets | " + " | ".join(
+        f"{labels.get(k, k)} ({'<=' if k.startswith('p50') else '>='} {targets.get(k, '?')}x)"
+        for k in labels) + " |", "|---|" + "---:|" * len(labels)]  # fmt: skip
+    for name, found in verdict.get("by_server", {}).items():
+        cells = [
+            f"{found['measured'][k]:.2f}x ({'met' if found['met'][k] else 'missed'})"
+            if k in found["measured"] else "-"
+            for k in labels
+        ]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "additive_ideal_c32" in verdict:
+        lines += ["", f"Additive ideal: {verdict['additive_ideal_c32']:,.0f} req/s."]
+    return lines
+
+
+def runtimes_table(section: dict) -> list[str]:
+    ceilings = section["figures"]["ceilings"]
+    lines = [
+        "| runtime (in-process) | "
+        + " | ".join(f"batch {b} images/s (ms/call)" for b in BATCHES)
+        + " | batches of 1-4 in turn | class mismatches vs TF | max prob diff |",
+        "|---|" + "---:|" * (len(BATCHES) + 3),
+    ]
+    for name, row in ceilings.items():
+        keys = (*(f"batch_{b}" for b in BATCHES), "mixed")
+        cells = [f"{row[k]['images_per_s']:.0f} ({row[k]['ms_per_call']:.2f})" for k in keys]
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {row['class_mismatches_vs_tensorflow']} "
+            f"| {row['max_probability_diff_vs_tensorflow']:.1e} |"
+        )
+    return lines
+
+
+def monitoring_table(section: dict) -> list[str]:
+    figures = section["figures"]
+    medians, verdict = figures["medians"], figures["verdict"]
+    names = {
+        "rps_c32": "requests/s at concurrency 32",
+        "p50_ms_c1": "p50 ms at concurrency 1",
+        "server_cpu_ms_per_request": "server CPU ms per request",
+    }
+    lines = [
+        f"Medians over {figures['rounds_run']} interleaved rounds of {num(figures['seconds'])} s.",
+        "",
+        "| | recording on | recording off | on / off |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, label in names.items():
+        on, off = medians[key]["on"], medians[key]["off"]
+        lines.append(f"| {label} | {on:,.2f} | {off:,.2f} | {on / off:.3f} |")
+    lines += [
+        "",
+        f"Throughput drop {verdict['throughput_drop']:.1%} (target <= {verdict['target']:.0%}): "
+        f"{'met' if verdict['met'] else 'missed'}.",
+    ]
+    return lines
+
+
+def load_table(section: dict) -> list[str]:
+    f = section["figures"]
+    growth = "-" if f.get("memory_growth") is None else f"{f['memory_growth']:+.1%}"
+    lines = [
+        f"{f['requests']:,} requests at concurrency {f['concurrency']}, "
+        f"{f.get('bad_fraction', 0):.0%} bad.",
+        "",
+        "| requests/s | p50 ms | p99 ms | good not 200 | bad not 4xx | 5xx or failed "
+        "| memory after warm-up MB | after the run MB | growth |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {f['requests_per_s']:,.1f} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} "
+        f"| {f['good_not_200']} | {f['bad_not_4xx']} | {f['server_errors']} "
+        f"| {num(f.get('memory_after_warmup_mb'))} | {num(f.get('memory_after_run_mb'))} "
+        f"| {growth} |",
+    ]
+    return lines
+
+
+# table name -> (benchmark section, generator)
+TABLES: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
+    "train": ("train", train_table),
+    "serve": ("serve", serve_table),
+    "serve-runtimes": ("serve", runtimes_table),
+    "monitoring": ("monitoring", monitoring_table),
+    "load": ("load", load_table),
+}
+
+
+class TableError(ValueError):
+    """A marker that names no known table, or a table with no result to generate it from."""
+
+
+def source(section: str, directory: Path, file: str | None) -> tuple[Path, dict]:
+    """The result file a table comes from: the named one, or the newest run of `section`."""
+    if file:
+        path = directory / file
+        if not path.exists():
+            raise TableError(f"no result file {path}")
+        data = read(path)
+        if section not in data:
+            raise TableError(f"{path} has no {section} section")
+        return path, data
+    found = [(p, d) for p in result_files(directory) if section in (d := read(p))]
+    if not found:
+        raise TableError(f"no result file in {directory} has a {section} section")
+    return max(found, key=lambda pair: pair[1][section]["finished"])
+
+
+def generate(name: str, directory: Path, file: str | None = None) -> str:
+    """The body of table `name` (between its markers)."""
+    if name not in TABLES:
+        raise TableError(f"unknown table {name!r}; one of {', '.join(TABLES)}")
+    section_name, make = TABLES[name]
+    path, data = source(section_name, directory, file)
+    section = data[section_name]
+    return "\n".join([*caption(path, data, section), *make(section)]) + "\n"
+
+
+def render(text: str, directory: Path = RESULTS_DIR) -> str:
+    """`text` with every table regenerated."""
+    return MARKER.sub(
+        lambda m: m.group(1) + generate(m["name"], directory, m["file"]) + m.group(5), text
+    )
+
+
+def stale(text: str, directory: Path = RESULTS_DIR) -> list[str]:
+    """The names of the tables in `text` that differ from what their result files generate."""
+    return [
+        m["name"] + (f" from {m['file']}" if m["file"] else "")
+        for m in MARKER.finditer(text)
+        if m["body"] != generate(m["name"], directory, m["file"])
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 if any differs")
+    parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args()
+    text = args.doc.read_text()
+    if not MARKER.search(text):
+        sys.exit(f"{args.doc}: no <!-- table: NAME --> ... <!-- /table --> block")
+    try:
+        if args.check:
+            if differ := stale(text, args.results):
+                sys.exit(
+                    f"{args.doc}: these tables differ from their result files: "
+                    f"{', '.join(differ)}; run python benchmarks/tables.py"
+                )
+            print(f"{args.doc}: every table matches its result file")
+            return
+        new = render(text, args.results)
+    except TableError as err:
+        sys.exit(f"{args.doc}: {err}")
+    if new != text:
+        args.doc.write_text(new)
+        print(f"rewrote the tables of {args.doc}")
+    else:
+        print(f"{args.doc}: tables already up to date")
+
+
+if __name__ == "__main__":
+    main()

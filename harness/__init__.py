@@ -1,0 +1,1 @@
+"""What tests and benchmarks share: launching servers, generating load, describing the machine."""

@@ -1,0 +1,88 @@
+"""The BentoML model store: `<serve.bento_model_name>:latest` holds the `@champion`'s files
+(.keras, its ONNX export and explainer), each copy checked against the SHA-256 MLflow recorded."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from pipeline.core.fashion_mnist import CLASS_NAMES
+from pipeline.core.inference import MODEL_FILE, ONNX_FILE, file_sha256
+from pipeline.core.params import Params
+from pipeline.promotion.export import EXPLAINER_JSON, EXPLAINER_ONNX
+from pipeline.promotion.record import ARTIFACTS, SHA256_KEYS, Champion, RegisterError
+from pipeline.promotion.registry import (
+    champion_summary,
+    checked_artifact,
+    checked_download,
+    current_champion,
+)
+
+
+def save_to_bentoml(bento_name: str, champion: Champion, files: dict[str, Path]) -> str:
+    """A new BentoML model (it becomes `<bento_name>:latest`) holding the champion's .keras file,
+    its ONNX export, its explainer (when it has one) and its identity as labels; returns its tag."""
+    import bentoml
+
+    labels = {
+        "mlflow_model_name": champion.model_name,
+        "mlflow_model_version": champion.version,
+        "mlflow_run_id": champion.run_id,
+        "val_accuracy": f"{champion.val_accuracy:.4f}",
+        "test_accuracy": f"{champion.test_accuracy:.4f}",
+        "model_sha256": champion.model_sha256,
+        "onnx_sha256": champion.onnx_sha256,
+        "git_commit": champion.git_commit,
+        "data_hash": champion.data_hash,
+    }
+    metadata = {
+        "val_accuracy": float(champion.val_accuracy),
+        "test_accuracy": float(champion.test_accuracy),
+        "class_names": list(CLASS_NAMES),
+        "model_file": MODEL_FILE,
+        "onnx_file": ONNX_FILE,
+    }
+    if EXPLAINER_ONNX in files:  # the service's /explain; without it, /explain answers 503
+        metadata |= {"explainer_onnx": EXPLAINER_ONNX, "explainer_json": EXPLAINER_JSON}
+        metadata |= {SHA256_KEYS[f]: champion.sha256(f) for f in ARTIFACTS}
+    with bentoml.models.create(bento_name, labels=labels, metadata=metadata) as bm:
+        for name, path in files.items():
+            shutil.copyfile(path, bm.path_of(name))
+            if file_sha256(bm.path_of(name)) != champion.sha256(name):
+                raise RegisterError(f"the copy of {name} in the BentoML store differs")
+    return str(bm.tag)
+
+
+def sync_bentoml_store(client: MlflowClient, params: Params, workdir: Path) -> str | None:
+    """Make the local BentoML store's `<serve.bento_model_name>:latest` the MLflow `@champion`,
+    importing it (hash-checked) when it is missing, e.g. on a teammate's machine; its tag."""
+    import bentoml
+
+    version = current_champion(client, params.mlflow.registered_model_name)
+    if version is None:
+        return None
+    champion = champion_summary(client, version)
+    try:
+        latest = bentoml.models.get(f"{params.serve.bento_model_name}:latest")
+    except bentoml.exceptions.NotFound:
+        latest = None
+    identity = ("mlflow_model_name", "mlflow_model_version", "model_sha256", "onnx_sha256")
+    wanted = dict(zip(identity, (champion.model_name, champion.version,
+                                 champion.model_sha256, champion.onnx_sha256), strict=True))  # fmt: skip
+    if latest is not None and all(latest.info.labels.get(k) == v for k, v in wanted.items()):
+        return str(latest.tag)
+    if champion.onnx_sha256 == "unknown":
+        raise RegisterError(
+            f"champion {champion.model_name} v{champion.version} has no ONNX export "
+            "(promoted by an older register): promote a new run to serve it"
+        )
+    uri = f"models:/{champion.model_name}/{champion.version}"
+    files = {MODEL_FILE: checked_download(uri, champion.model_sha256, workdir / "import")}
+    for f in ARTIFACTS:  # the explainer is missing for champions promoted before it existed
+        if champion.sha256(f) != "unknown":
+            files[f] = checked_artifact(champion.run_id, f, champion.sha256(f), workdir / "import")
+    tag = save_to_bentoml(params.serve.bento_model_name, champion, files)
+    print(f"register: imported the champion ({uri}) into the BentoML store as {tag}")
+    return tag

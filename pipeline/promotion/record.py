@@ -1,0 +1,90 @@
+"""What a promotion is about: the files of a served model, the candidate run, the champion version
+and the decision record written to champion.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pipeline.core.inference import MODEL_FILE, ONNX_FILE
+from pipeline.promotion.export import EXPLAINER_JSON, EXPLAINER_ONNX
+
+ALIAS = "champion"
+ONNX_ARTIFACT = f"onnx/{ONNX_FILE}"  # where promotion logs the checked export in the run
+# Every file of a served model: its SHA-256's key (a version tag, the champion summary's field) and
+# where promotion logs it in the run (the .keras file is the registered model itself).
+SHA256_KEYS = {
+    MODEL_FILE: "model_sha256",
+    ONNX_FILE: "onnx_sha256",
+    EXPLAINER_ONNX: "explainer_onnx_sha256",
+    EXPLAINER_JSON: "explainer_json_sha256",
+}
+ARTIFACTS = {
+    ONNX_FILE: ONNX_ARTIFACT,
+    EXPLAINER_ONNX: f"explainer/{EXPLAINER_ONNX}",
+    EXPLAINER_JSON: f"explainer/{EXPLAINER_JSON}",
+}
+
+
+class RegisterError(RuntimeError):
+    """The candidate cannot be promoted (e.g. failed parity); the message says why."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The experiment's best validated run, as `train` and `evaluate` tagged and logged it."""
+
+    run_id: str
+    run_name: str
+    model_uri: str  # models:/<model_id> of the Keras model the run logged
+    val_accuracy: float
+    test_accuracy: float
+    val_data_hash: str
+    model_sha256: str
+    git_commit: str
+    data_hash: str
+
+
+@dataclass(frozen=True)
+class Champion:
+    """A registered model version's identity and metrics (from its tags); "unknown" where a version
+    promoted by older code lacks one."""
+
+    model_name: str
+    version: str
+    run_id: str
+    val_accuracy: float | None
+    test_accuracy: float | None
+    val_data_hash: str
+    model_sha256: str
+    onnx_sha256: str
+    explainer_onnx_sha256: str
+    explainer_json_sha256: str
+    git_commit: str
+    data_hash: str
+    bento_model: str | None
+
+    def sha256(self, file: str) -> str:
+        """The recorded SHA-256 of one of the served files (MODEL_FILE, ONNX_FILE, ...)."""
+        return getattr(self, SHA256_KEYS[file])
+
+
+@dataclass
+class Decision:
+    """champion.json: what register decided and why, and what the local BentoML store serves."""
+
+    decision: Literal["kept", "promoted"]
+    reason: str
+    chosen_by: str
+    candidate: Candidate
+    champion: Champion | None
+    previous_champion: Champion | None
+    champion_remeasured: dict[str, Any] | None
+    pipeline_run: dict[str, Any]  # the run this `dvc repro` trained: its id and test accuracy
+    gate: dict[str, float]
+    parity: dict[str, Any] | None
+    served: str | None = field(default=None)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
