@@ -3,8 +3,8 @@ serve.monitoring.enabled true and false, started in turn (interleaved rounds, so
 shared machine hits both), each loaded like serve_benchmark.py's single-image /predict.
 
 Per round and setting: requests/s at concurrency 32 after a warm-up, p50 at concurrency 1, and the
-CPU time of the server's processes per request. The verdict is on medians over the rounds. Target
-(issue 13): recording costs at most 5% of the throughput. Needs the champion in the BentoML store.
+CPU time of the server's processes per request. The verdict is on medians over the rounds. Target:
+recording costs at most 5% of the throughput. Needs the champion in the BentoML store.
 
     python benchmarks/monitoring_cost.py [--rounds 5] [--seconds 10]
 

@@ -19,7 +19,7 @@ model's SHA-256. Needs the champion in the BentoML store and MLflow (`make repro
     python benchmarks/serve_benchmark.py [--workers 1 2] [--seconds 10]
 
 The load generator shares the machine's CPUs with the servers: every number includes its cost.
-Targets (issue 9): single-image /predict at concurrency 32 >= 0.95 of the additive ideal
+Targets: single-image /predict at concurrency 32 >= 0.95 of the additive ideal
 1 / (1/no-op + 1/TensorFlow ceiling at batch 128); p50 at concurrency 1 <= 2x the no-op's;
 >= 25x `mlflow models serve` at concurrency 32.
 """

@@ -117,15 +117,23 @@ def test_metrics_and_plots_diff_load_both_experiments(sweep):
     assert len(per_class["data"]["values"]) == 20
 
 
-def test_readme_sweep_table_fits_in_120_columns(sweep):
+@pytest.mark.parametrize(
+    ("prefix", "columns"),
+    [
+        # the sweep's table, and the tour's
+        ("dvc exp show --only-changed", ("train.learning_rate", "best_val_accuracy")),
+        ("  dvc exp show --drop", ("best_val_accuracy", "test_accuracy", "train.epochs")),
+    ],
+)
+def test_readme_experiment_tables_fit_in_120_columns(sweep, prefix, columns):
     ws, env = sweep
-    cmd = readme_command("dvc exp show --only-changed")
+    cmd = readme_command(prefix)
     table = run(cmd, ws, {**env, "COLUMNS": "120"}).stdout
     lines = table.rstrip().splitlines()
     assert max(len(line) for line in lines) <= 120, table
     assert "…" not in table, table  # nothing cut
     header = lines[1]
-    for column in ("train.learning_rate", "best_val_accuracy", "test_accuracy"):
+    for column in (*columns, "test_accuracy"):
         assert column in header, table
     for name in EXPERIMENTS:
         assert f"[{name}]" in table

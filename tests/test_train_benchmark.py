@@ -1,5 +1,6 @@
-"""benchmarks/train_benchmark.py, the tool issue 11's target is measured with: its overrides and a
-real run on the small prepared subset (one epoch each, so seconds, not a benchmark)."""
+"""benchmarks/train_benchmark.py, the tool the default's accuracy-per-cost target is measured
+with: its overrides and a real run on the small prepared subset (one epoch each, so seconds, not
+a benchmark)."""
 
 from __future__ import annotations
 
