@@ -64,7 +64,7 @@ from pipeline.promotion.registry import (
     promotion_lock,
     run_artifact,
 )
-from pipeline.shared.dataset import Split, content_hash, load_split
+from pipeline.shared.dataset import Split, content_hash, load_split, write_atomically
 from pipeline.shared.tracking import (
     ModelFileError,
     TrackingUnavailable,
@@ -273,8 +273,8 @@ def main() -> None:
         record = run(params, args.metrics, args.predictions, args.data, args.run)
     except (TrackingUnavailable, RegisterError, ModelFileError) as err:
         sys.exit(f"register failed: {err}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(record.to_json())
+    # A register killed while writing leaves the previous champion.json, never half of one.
+    write_atomically(args.out, lambda tmp: tmp.write_text(record.to_json()))
     champion = record.champion
     where = (
         f"{champion.model_name} v{champion.version} ({champion.bento_model})"
