@@ -1,4 +1,4 @@
-"""Stage `register`: promote the experiment's best validated run to the `@champion` model, if it earns it.
+"""Stage `register`: promote the experiment's best validated run to `@champion`, if it earns it.
 
 The steps, each in its module under pipeline/promotion/:
 - choice.py: the candidate is the best run validated on the current validation split; the gate

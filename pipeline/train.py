@@ -5,11 +5,11 @@ records), the per-epoch history CSV (a DVC plot), the validation metrics of the 
 (DVC metrics) and run.json with the MLflow run that the evaluate and register stages continue.
 
 The training loop itself is pipeline/training/fit.py; this module runs it under an MLflow run and
-writes the outputs. Progress: steps, rate and ETA within each epoch, one line per epoch (pipeline/shared/progress.py).
-Resumable: SIGTERM/SIGINT marks the MLflow run KILLED and keeps the last finished epoch's state;
-the next run with the same params, data and code continues it, in the same MLflow run
-(pipeline/training/resume.py). With `train.distribution: multi_worker` only the chief logs and writes the
-outputs (pipeline/training/multi_worker.py).
+writes the outputs. Progress: steps, rate and ETA within each epoch, one line per epoch
+(pipeline/shared/progress.py). Resumable: SIGTERM/SIGINT marks the MLflow run KILLED and keeps the
+last finished epoch's state; the next run with the same params, data and code continues it, in the
+same MLflow run (pipeline/training/resume.py). With `train.distribution: multi_worker` only the
+chief logs and writes the outputs (pipeline/training/multi_worker.py).
 """
 
 from __future__ import annotations
