@@ -43,7 +43,7 @@ import yaml
 from harness.load import closed_loop, multipart, png, sample_images
 from harness.machine import cpu_model, cpus
 from harness.models import bento_model
-from harness.results import RESULTS_DIR, Measurement, server_rows
+from harness.results import RESULTS_DIR, Measurement, runtime_rows, server_rows
 from harness.servers import free_port, start_server, stop
 from service import settings
 from service.schemas import Image28, Images, ModelRef, Prediction, Predictions
@@ -319,14 +319,7 @@ def table(results: dict) -> str:
         f"CPU: {results['cpu']} ({results['cpus']} CPUs); model {results['bento_model']}",
         *server_rows(results["servers"]),
     ]
-    lines += ["", "| runtime (in-process) | " + " | ".join(f"batch {b} images/s (ms/call)" for b in BATCHES)
-              + " | batches of 1-4 in turn | class mismatches vs TF | max prob diff |",
-              "|---|" + "---:|" * (len(BATCHES) + 3)]  # fmt: skip
-    for name, row in results["ceilings"].items():
-        cells = [f"{row[k]['images_per_s']:.0f} ({row[k]['ms_per_call']:.2f})"
-                 for k in (*(f"batch_{b}" for b in BATCHES), "mixed")]  # fmt: skip
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['class_mismatches_vs_tensorflow']} "
-                     f"| {row['max_probability_diff_vs_tensorflow']:.1e} |")  # fmt: skip
+    lines += ["", *runtime_rows(results["ceilings"], BATCHES)]
     lines += ["", "ready (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["ready_s"].items())]
     return "\n".join(lines)
 

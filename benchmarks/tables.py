@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.machine import KEY_EXTENSIONS
-from harness.results import RESULTS_DIR, read, result_files, server_rows
+from harness.results import RESULTS_DIR, read, result_files, runtime_rows, server_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -121,21 +121,7 @@ def serve_table(section: dict) -> list[str]:
 
 
 def runtimes_table(section: dict) -> list[str]:
-    ceilings = section["figures"]["ceilings"]
-    lines = [
-        "| runtime (in-process) | "
-        + " | ".join(f"batch {b} images/s (ms/call)" for b in BATCHES)
-        + " | batches of 1-4 in turn | class mismatches vs TF | max prob diff |",
-        "|---|" + "---:|" * (len(BATCHES) + 3),
-    ]
-    for name, row in ceilings.items():
-        keys = (*(f"batch_{b}" for b in BATCHES), "mixed")
-        cells = [f"{row[k]['images_per_s']:.0f} ({row[k]['ms_per_call']:.2f})" for k in keys]
-        lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {row['class_mismatches_vs_tensorflow']} "
-            f"| {row['max_probability_diff_vs_tensorflow']:.1e} |"
-        )
-    return lines
+    return runtime_rows(section["figures"]["ceilings"], BATCHES)
 
 
 def monitoring_table(section: dict) -> list[str]:

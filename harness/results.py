@@ -17,7 +17,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -201,4 +201,23 @@ def server_rows(servers: Mapping) -> list[str]:
                     f"| {r['images_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
                     f"| {r['errors']} | {ratio} |"
                 )
+    return lines
+
+
+def runtime_rows(ceilings: Mapping, batches: Sequence[int]) -> list[str]:
+    """The serving benchmark's in-process table: each runtime's images/s (ms per call) at each
+    batch size and with batch sizes mixed, and how it agrees with TensorFlow."""
+    keys = (*(f"batch_{b}" for b in batches), "mixed")
+    lines = [
+        "| runtime (in-process) | "
+        + " | ".join(f"batch {b} images/s (ms/call)" for b in batches)
+        + " | batches of 1-4 in turn | class mismatches vs TF | max prob diff |",
+        "|---|" + "---:|" * (len(keys) + 2),
+    ]
+    for name, row in ceilings.items():
+        cells = [f"{row[k]['images_per_s']:.0f} ({row[k]['ms_per_call']:.2f})" for k in keys]
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {row['class_mismatches_vs_tensorflow']} "
+            f"| {row['max_probability_diff_vs_tensorflow']:.1e} |"
+        )
     return lines
