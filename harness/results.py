@@ -23,6 +23,7 @@ from pathlib import Path
 
 from harness.machine import describe, load_average
 from pipeline.core.inference import file_sha256
+from pipeline.core.params import flatten
 
 FORMAT = 1
 SECTIONS = ("train", "serve", "monitoring", "load")
@@ -46,23 +47,11 @@ def model_entry(name: str, path: Path, what: str, **extra: object) -> dict:
             **extra}  # fmt: skip
 
 
-def _flat(value: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(value, Mapping):
-        return {
-            k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()
-        }
-    if isinstance(value, list | tuple):
-        return {
-            k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}{i}.").items()
-        }
-    return {prefix[:-1]: value}
-
-
 def architecture(params: Mapping) -> str:
     """A CNN's shape in a few words, from params.yaml's `model` (nested, or flattened as MLflow
     logs it: `model.conv_blocks.0.filters`...): e.g. `conv 32p-64-64p-128-128p, dense 128, flip
     inside` (p: pooled after the block, s2: stride 2)."""
-    flat = {k.removeprefix("model."): v for k, v in _flat(params).items()}
+    flat = {k.removeprefix("model."): v for k, v in flatten(params).items()}
     blocks, dense, i = [], [], 0
     while f"conv_blocks.{i}.filters" in flat:
         pooled = str(flat.get(f"conv_blocks.{i}.pool", "None")) != "None" or (

@@ -38,13 +38,12 @@ from mlflow.models import infer_signature
 from pipeline.core.architecture import layer_table
 from pipeline.core.fashion_mnist import IMAGE_SIZE, NUM_CLASSES
 from pipeline.core.inference import file_sha256
-from pipeline.core.params import Params, load_params
+from pipeline.core.params import Params, flatten, load_params
 from pipeline.reporting.flops import format_table, forward_flops
 from pipeline.shared.dataset import Split, content_hash, load_split, write_atomically
 from pipeline.shared.tracking import (
     TrackingUnavailable,
     download_keras_file,
-    flatten,
     lineage_tags,
     log_split,
     project_root,

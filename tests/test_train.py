@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import REPO, base_env, copy_workspace, free_port
 
-from pipeline.core.params import load_params
+from pipeline.core.params import flatten, load_params
 from pipeline.shared.dataset import Split
-from pipeline.shared.tracking import TrackingUnavailable, check_server, flatten, tracking_uri
+from pipeline.shared.tracking import TrackingUnavailable, check_server, tracking_uri
 from pipeline.training.fit import fit_model, learning_rate
 
 pytestmark = pytest.mark.model

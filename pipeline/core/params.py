@@ -6,6 +6,7 @@ the image below 1x1 raises ParamsError naming the key (or the layer).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -190,3 +191,17 @@ def load_serve_params(path: str | Path = "params.yaml") -> ServeParams:
         return ServeParams.model_validate(raw["serve"])
     except ValidationError as err:
         raise ParamsError(_describe(err, str(path), "serve")) from None
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
+    """{'a': {'b': [1, {'c': 2}]}} -> {'a.b.0': 1, 'a.b.1.c': 2}: params as MLflow logs them."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list) and any(isinstance(v, Mapping | list) for v in value):
+            flat.update(flatten({str(i): v for i, v in enumerate(value)}, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -150,17 +150,3 @@ def log_split(
         )
     tags = {f"sha256:{name}": p["sha256"] for name, p in files.items()}
     mlflow.log_input(dataset, context=context, tags=tags)
-
-
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
-    """{'a': {'b': [1, {'c': 2}]}} -> {'a.b.0': 1, 'a.b.1.c': 2} for mlflow.log_params."""
-    flat: dict[str, object] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, list) and any(isinstance(v, Mapping | list) for v in value):
-            flat.update(flatten({str(i): v for i, v in enumerate(value)}, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
