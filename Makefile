@@ -31,7 +31,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 system-data:  ## the dataset from Debian's package when the online mirrors are out of reach
 	@scripts/system-deps.sh data
 
-system-test:  ## PostgreSQL for the shared-tracking tests, Chromium for the /ui browser tests
+system-test:  ## PostgreSQL (shared-tracking tests), Chromium (/ui browser tests), Prometheus (alert rules)
 	@scripts/system-deps.sh test
 
 lint:
@@ -40,8 +40,9 @@ lint:
 format:
 	ruff check --fix . && ruff format .
 
-lock:  ## re-resolve requirements.lock from pyproject.toml
-	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+lock:  ## re-resolve requirements.lock (everything) and requirements-serve.lock (the Bento's image) from pyproject.toml
+	uv pip compile pyproject.toml --all-extras --python-version 3.11 -o requirements.lock
+	uv pip compile pyproject.toml --extra serve --python-version 3.11 -c requirements.lock -o requirements-serve.lock
 
 serve:  ## serve the MLflow @champion on http://localhost:3000 (imported into BentoML if missing)
 	python -m pipeline.register --import-only

@@ -37,7 +37,12 @@ from pipeline.reporting.figures import (
 from pipeline.shared.dataset import Split, load_split
 from pipeline.shared.keras_runtime import Classifier
 from pipeline.shared.progress import Progress, duration
-from pipeline.shared.tracking import log_split, use_experiment
+from pipeline.shared.tracking import (
+    TrackingUnavailable,
+    log_split,
+    tracking_access,
+    use_experiment,
+)
 from pipeline.training.model import network, spatial_sizes
 
 
@@ -170,10 +175,11 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     run_id = json.loads(args.run.read_text())["mlflow_run_id"]
-    use_experiment(params.mlflow.experiment_name)
     try:
-        check_model_file(args.model, mlflow.MlflowClient().get_run(run_id))
-    except ModelMismatch as err:
+        with tracking_access():
+            use_experiment(params.mlflow.experiment_name)
+            check_model_file(args.model, mlflow.MlflowClient().get_run(run_id))
+    except (ModelMismatch, TrackingUnavailable) as err:
         sys.exit(f"evaluate failed: {err}")
     test = load_split(args.data / "test.npz")
     result = write_reports(Classifier.from_file(args.model), params.model, test, args.out)

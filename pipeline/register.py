@@ -10,15 +10,16 @@ The steps, each in its module under pipeline/promotion/:
 - registry.py: a model version with its lineage tags and model card; the `champion` alias.
 - bento_store.py: the champion's files in the BentoML model store, each copy hash-checked.
 
-Promotion registers a model version, logs the checked ONNX files to the run, imports all of them
-into the BentoML model store and moves the `champion` alias, in that order, checking at each step
-that the bytes are still the same; a candidate that fails anywhere leaves the old champion
-untouched in both stores. On a local MLflow store one register at a time decides and promotes
-(registry.py's `promotion_lock`). The decision and why go to champion.json (record.py's `Decision`).
-Whatever was decided, the local BentoML store ends up serving the `@champion`
-(`<serve.bento_model_name>:latest`): on a teammate's machine that shares the MLflow server, the
-champion is imported from MLflow; `python -m pipeline.register --import-only` does just that
-(`make serve` runs it).
+Promotion registers a model version, logs the checked ONNX files to the run, decides again
+against the registry as it is now, and moves the `champion` alias (the commit point), checking at
+each step that the bytes are still the same; a candidate that fails anywhere, or that another
+register's promotion overtook, leaves the champion untouched. On a local MLflow store one register
+at a time decides and promotes (registry.py's `promotion_lock`). The decision and why go to
+champion.json (record.py's `Decision`). Whatever was decided, the local BentoML store then serves
+the `@champion` (`<serve.bento_model_name>:latest`), imported from MLflow when missing: after a
+promotion, on a teammate's machine that shares the MLflow server, or after a register was killed
+(`python -m pipeline.register --import-only` does just that; `make serve` runs it). Each step is
+announced (steps.py); a killed register's leftovers are settled by the next (registry.py `repair`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +37,11 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
 from pipeline.core.inference import MODEL_FILE, ONNX_FILE, file_sha256
 from pipeline.core.params import Params, load_params
-from pipeline.promotion.bento_store import save_to_bentoml, sync_bentoml_store
+from pipeline.promotion.bento_store import sync_bentoml_store
 from pipeline.promotion.choice import best_run, candidate_of, decide
 from pipeline.promotion.export import (
     EXPLAINER_JSON,
@@ -48,12 +52,14 @@ from pipeline.promotion.export import (
 from pipeline.promotion.parity import accuracy, explainer_parity, parity_check
 from pipeline.promotion.record import (
     ALIAS,
-    ARTIFACTS,
+    PROMOTION,
+    PROMOTION_OWNER,
     SHA256_KEYS,
     Candidate,
     Champion,
     Decision,
     RegisterError,
+    exports_dir,
 )
 from pipeline.promotion.registry import (
     champion_summary,
@@ -62,35 +68,87 @@ from pipeline.promotion.registry import (
     current_champion,
     model_card,
     promotion_lock,
+    repair,
     run_artifact,
+    this_process,
 )
+from pipeline.promotion.steps import reached
 from pipeline.shared.dataset import Split, content_hash, load_split, write_atomically
 from pipeline.shared.tracking import (
     ModelFileError,
     TrackingUnavailable,
     download_keras_file,
+    tracking_access,
     tracking_uri,
     use_experiment,
 )
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """The registry as one register saw it: the best validated run, the champion and the gate."""
+
+    candidate: Candidate
+    run: Run
+    champion: Champion | None
+    promote: bool
+    reason: str
+    remeasured: dict[str, Any] | None
+
+
 def run(
     params: Params, metrics_path: Path, predictions_path: Path, data_dir: Path, run_path: Path
 ) -> Decision:
-    """Decide (and promote if warranted), then make the local BentoML store serve the champion;
-    returns the record written to champion.json."""
+    """Settle what killed registers left, decide (and promote if warranted), then make the local
+    BentoML store serve the champion; returns the record written to champion.json."""
     experiment_id = use_experiment(params.mlflow.experiment_name)
     client = MlflowClient()
+    name = params.mlflow.registered_model_name
     with (
-        promotion_lock(tracking_uri()),
+        promotion_lock(tracking_uri()) as lock,
         tempfile.TemporaryDirectory(prefix="register-") as tmp,
     ):
+        for done in repair(client, name, locked=lock is not None):
+            print(f"register: settled {name} {done} (its register was killed)")
         record = choose(
             client, params, experiment_id, (metrics_path, predictions_path, data_dir, run_path),
             Path(tmp),
         )  # fmt: skip
         record.served = sync_bentoml_store(client, params, Path(tmp) / "sync")
+        # The champion as it stands now: another register may have moved it since (a shared server).
+        version = current_champion(client, name)
+        if version is not None and "bento_model" not in version.tags and record.served:
+            # The promoting machine's import (a teammate's own import has another tag).
+            client.set_model_version_tag(name, version.version, "bento_model", record.served)
+            version = client.get_model_version(name, version.version)
+        record.champion = champion_summary(client, version) if version else None
     return record
+
+
+def judge(
+    client: MlflowClient, params: Params, experiment_id: str, val: Split, workdir: Path
+) -> Judgement:
+    """The best validated run against the current champion, through the gate."""
+    val_data_hash = content_hash(val)
+    best = best_run(client, experiment_id, val_data_hash)
+    if best is None:
+        raise RegisterError(
+            f"experiment {params.mlflow.experiment_name!r} has no evaluated run validated on "
+            f"this validation data (val_data_hash {val_data_hash[:12]})"
+        )
+    candidate = candidate_of(best)
+    version = current_champion(client, params.mlflow.registered_model_name)
+    champion = champion_summary(client, version) if version else None
+    if champion and champion.run_id == candidate.run_id:
+        why = f"the best run is already the champion (version {champion.version})"
+        return Judgement(candidate, best, champion, False, why, None)
+    champion_acc, again = None, None
+    if champion is not None:
+        champion_acc = champion.val_accuracy
+        if champion.val_data_hash != val_data_hash or champion_acc is None:
+            champion_acc, again = remeasured(champion, val, workdir)
+    promote_it, why = decide(candidate.val_accuracy, champion_acc, params.register)
+    return Judgement(candidate, best, champion, promote_it, why, again)
 
 
 def choose(
@@ -107,39 +165,23 @@ def choose(
         "test_accuracy": json.loads(metrics_path.read_text())["test_accuracy"],
     }
     val = load_split(data_dir / "val.npz")
-    val_data_hash = content_hash(val)
-    best = best_run(client, experiment_id, val_data_hash)
-    if best is None:
-        raise RegisterError(
-            f"experiment {params.mlflow.experiment_name!r} has no evaluated run validated on "
-            f"this validation data (val_data_hash {val_data_hash[:12]})"
-        )
-    candidate = candidate_of(best)
-    version = current_champion(client, params.mlflow.registered_model_name)
-    champion = champion_summary(client, version) if version else None
+    seen = judge(client, params, experiment_id, val, workdir)
+    candidate = seen.candidate
     record = Decision(
         decision="kept",
-        reason="",
+        reason=seen.reason,
         chosen_by="validation accuracy",
         candidate=candidate,
-        champion=champion,
-        previous_champion=champion,
-        champion_remeasured=None,
+        champion=seen.champion,
+        previous_champion=seen.champion,
+        champion_remeasured=seen.remeasured,
         pipeline_run=pipeline_run,
         gate=params.register.model_dump(include={"min_accuracy", "max_regression"}),
         parity=None,
     )
-    if champion and champion.run_id == candidate.run_id:
-        record.reason = f"the best run is already the champion (version {champion.version})"
+    if not seen.promote:
         return record
-    champion_acc = None
-    if champion is not None:
-        champion_acc = champion.val_accuracy
-        if champion.val_data_hash != val_data_hash or champion_acc is None:
-            champion_acc, record.champion_remeasured = remeasured(champion, val, workdir)
-    promote_it, record.reason = decide(candidate.val_accuracy, champion_acc, params.register)
-    if not promote_it:
-        return record
+    claim(client, params.mlflow.registered_model_name)
     if candidate.run_id == pipeline_run["run_id"]:
         if abs(pipeline_run["test_accuracy"] - candidate.test_accuracy) > 1e-9:
             raise RegisterError(f"{metrics_path} disagrees with MLflow on run {candidate.run_id}")
@@ -149,9 +191,41 @@ def choose(
             run_artifact(candidate.run_id, "evaluation/predictions.csv", workdir)
         )
     files, record.parity = checked_exports(candidate, predictions, data_dir, workdir)
-    record.champion = promote(client, params, candidate, best, files, workdir)
-    record.decision = "promoted"
+
+    def again() -> Judgement:
+        return judge(client, params, experiment_id, val, workdir / "again")
+
+    final = promote(client, params, seen, files, workdir, again)
+    record.previous_champion = final.champion
+    if final.candidate.run_id == candidate.run_id and final.promote:
+        record.decision = "promoted"
+        if final.champion != seen.champion:
+            record.champion_remeasured = final.remeasured
+            record.reason = f"{final.reason} (the champion changed while promoting: decided again)"
+    else:
+        record.decision = "superseded"
+        why = final.reason
+        if final.candidate.run_id != candidate.run_id:
+            why = (
+                f"run {final.candidate.run_id} (validation accuracy "
+                f"{final.candidate.val_accuracy:.4f}) is now the best validated run"
+            )
+        record.reason = (
+            f"the registry changed while promoting {candidate.run_id}; decided again: {why}"
+        )
     return record
+
+
+def claim(client: MlflowClient, name: str) -> None:
+    """Record on the registered model (created if new) who is promoting, before any export: a
+    user without EDIT permission on it fails here, in a second, having changed nothing."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(name)
+    client.set_registered_model_tag(name, "last_promotion_by", this_process())
 
 
 def remeasured(champion: Champion, val: Split, workdir: Path) -> tuple[float, dict[str, Any]]:
@@ -179,9 +253,9 @@ def checked_exports(
     )
     test = load_split(data_dir / "test.npz")
     onnx_file = export_onnx(model_file, workdir / ONNX_FILE)
-    parity = parity_check(model_file, onnx_file, predictions, test)
+    parity, onnx_proba = parity_check(model_file, onnx_file, predictions, test)
     explainer = export_explainer(model_file, workdir / "explainer", test)
-    parity |= explainer_parity(explainer, onnx_file, test)
+    parity |= explainer_parity(explainer, onnx_proba, test)
     files = {
         MODEL_FILE: model_file,
         ONNX_FILE: onnx_file,
@@ -194,49 +268,63 @@ def checked_exports(
 def promote(
     client: MlflowClient,
     params: Params,
-    candidate: Candidate,
-    run: Run,
+    seen: Judgement,
     files: dict[str, Path],
     workdir: Path,
-) -> Champion:
-    """Register a version, log its ONNX exports, import all into BentoML, then move the alias.
-    Undone on failure. `files`: file name in the model (MODEL_FILE, ONNX_FILE, ...) -> the
-    checked .keras file and its parity-checked exports."""
-    import bentoml
+    again: Callable[[], Judgement],
+) -> Judgement:
+    """Register a version, log its ONNX exports into a folder of its own in the run, decide
+    `again()` against the registry as it is now, and move the alias if that still promotes it.
+    Returns the judgement the alias move rested on (`seen`'s candidate and promote=True if moved).
 
+    MLflow has no transactions. On a local store the promotion lock makes this one register at a
+    time; on a shared server, deciding again just before moving the alias catches a register that
+    promoted meanwhile (the window left is the few milliseconds between that check and the move).
+    The version is tagged `promotion=in_progress` until the alias moves (then `promoted`), or
+    `superseded` / `failed`; one a killed register left in progress is settled by `repair`.
+    `files`: file name in the model (MODEL_FILE, ONNX_FILE, ...) -> the checked .keras file and
+    its parity-checked exports."""
     name = params.mlflow.registered_model_name
+    candidate = seen.candidate
     keys = ("run_id", "val_accuracy", "test_accuracy", "val_data_hash", "model_sha256")
     lineage = {k: str(getattr(candidate, k)) for k in (*keys, "git_commit", "data_hash")}
     exports = {f: path for f, path in files.items() if f != MODEL_FILE}
     lineage |= {SHA256_KEYS[f]: file_sha256(path) for f, path in exports.items()}
-    version = mlflow.register_model(candidate.model_uri, name, tags=lineage)
-    bento_tag = None
+    status = {PROMOTION: "in_progress", PROMOTION_OWNER: this_process()}
+    version = mlflow.register_model(candidate.model_uri, name, tags=lineage | status).version
+    reached("registered")
     try:
         # What is served must be what is registered: the version's file, identical to the checked one.
         checked_download(
-            f"models:/{name}/{version.version}", candidate.model_sha256, workdir / "registered"
+            f"models:/{name}/{version}", candidate.model_sha256, workdir / "registered"
         )
+        folder = exports_dir(version)
         for f, path in exports.items():
-            client.log_artifact(candidate.run_id, str(path), Path(ARTIFACTS[f]).parent.name)
-            checked_artifact(candidate.run_id, f, lineage[SHA256_KEYS[f]], workdir / "logged")
-        card = model_card(candidate, run, version.version, name, workdir / "card")
-        client.update_model_version(name, version.version, description=card)
-        client.update_registered_model(
-            name,
-            description="Fashion-MNIST classifier trained by this project's DVC pipeline; "
-            f"`@{ALIAS}` is the version `register` promoted (chosen on validation accuracy).\n\n"
-            f"Latest promoted: version {version.version}.\n\n{card}",
-        )
-        summary = champion_summary(client, client.get_model_version(name, version.version))
-        bento_tag = save_to_bentoml(params.serve.bento_model_name, summary, files)
-        client.set_model_version_tag(name, version.version, "bento_model", bento_tag)
-        client.set_registered_model_alias(name, ALIAS, version.version)
+            client.log_artifact(candidate.run_id, str(path), folder)
+            checked_artifact(
+                candidate.run_id, f"{folder}/{f}", lineage[SHA256_KEYS[f]], workdir / "logged"
+            )
+        client.set_model_version_tag(name, version, "exports_dir", folder)
+        card = model_card(candidate, seen.run, version, name, workdir / "card")
+        client.update_model_version(name, version, description=card)
+        reached("before-alias")
+        final = again()
+        if final.candidate.run_id != candidate.run_id or not final.promote:
+            client.set_model_version_tag(name, version, PROMOTION, "superseded")
+            return final
+        client.set_registered_model_alias(name, ALIAS, version)
     except BaseException:
-        if bento_tag is not None:
-            bentoml.models.delete(bento_tag)
-        client.delete_model_version(name, version.version)
+        client.set_model_version_tag(name, version, PROMOTION, "failed")
         raise
-    return champion_summary(client, client.get_model_version(name, version.version))
+    reached("alias-moved")
+    client.set_model_version_tag(name, version, PROMOTION, "promoted")
+    client.update_registered_model(
+        name,
+        description="Fashion-MNIST classifier trained by this project's DVC pipeline; "
+        f"`@{ALIAS}` is the version `register` promoted (chosen on validation accuracy).\n\n"
+        f"Latest promoted: version {version}.\n\n{card}",
+    )
+    return final
 
 
 def import_champion(params: Params) -> str | None:
@@ -266,11 +354,12 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     try:
-        if args.import_only:
-            served = import_champion(params)
-            print(f"register: serving {served or 'nothing: there is no @champion yet'}")
-            return
-        record = run(params, args.metrics, args.predictions, args.data, args.run)
+        with tracking_access():
+            if args.import_only:
+                served = import_champion(params)
+                print(f"register: serving {served or 'nothing: there is no @champion yet'}")
+                return
+            record = run(params, args.metrics, args.predictions, args.data, args.run)
     except (TrackingUnavailable, RegisterError, ModelFileError) as err:
         sys.exit(f"register failed: {err}")
     # A register killed while writing leaves the previous champion.json, never half of one.

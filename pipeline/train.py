@@ -47,6 +47,7 @@ from pipeline.shared.tracking import (
     lineage_tags,
     log_split,
     project_root,
+    tracking_access,
     use_experiment,
 )
 from pipeline.training.fit import best_epoch_metrics, distribution_strategy, fit_model
@@ -276,7 +277,8 @@ def main() -> None:
     params = load_params(args.params)
     out = {"model": args.model, "history": args.history, "metrics": args.metrics, "run": args.run}
     try:
-        run(params, args.data, args.sources, out)
+        with tracking_access():
+            run(params, args.data, args.sources, out)
     except TrackingUnavailable as err:
         sys.exit(f"train failed: {err}")
     except Interrupted as err:

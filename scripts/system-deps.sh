@@ -4,7 +4,9 @@
 #         or the official mirror answers (then `dvc repro` downloads them itself).
 #   test: PostgreSQL server binaries for the shared-tracking tests, and Chromium (with a font, for
 #         readable screenshots) for the browser tests of the service's /ui page (tests/test_ui.py:
-#         Playwright drives this system browser; its own browser download is not used).
+#         Playwright drives this system browser; its own browser download is not used), and
+#         Prometheus (promtool tests of deploy/prometheus/alerts.yml; a real server scrapes the
+#         service; installing the package starts no service where systemd does not run).
 set -euo pipefail
 DATASET_DIR=/usr/share/datasets/fashion-mnist
 MIRROR=https://storage.googleapis.com/tensorflow/tf-keras-datasets/train-labels-idx1-ubyte.gz
@@ -34,8 +36,9 @@ case "${1:-}" in
     missing=()
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
     command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core)
+    command -v promtool >/dev/null || missing+=(prometheus)
     [ ${#missing[@]} -eq 0 ] && exit 0
-    echo "system-deps: installing ${missing[*]} (shared-tracking tests; browser tests of /ui)"
+    echo "system-deps: installing ${missing[*]} (shared-tracking tests; browser tests of /ui; alert rules)"
     apt_install "${missing[@]}"
     ;;
   *)

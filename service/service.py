@@ -22,6 +22,7 @@ from pathlib import Path
 import bentoml
 import numpy as np
 from fastapi import FastAPI
+from prometheus_client import Histogram
 
 from service import settings
 from service.coalesce import Coalescer
@@ -47,9 +48,9 @@ from service.ui import mount_ui
 
 MAX_BATCH = 128  # images per model call; at least serve.max_images_per_request
 
-MODEL_BATCH_IMAGES = bentoml.metrics.Histogram(
-    name="fashion_model_batch_images",
-    documentation="Images per model call (concurrent requests batched in one worker)",
+MODEL_BATCH_IMAGES = Histogram(
+    "fashion_model_batch_images",
+    "Images per model call (concurrent requests batched in one worker)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 
@@ -77,7 +78,7 @@ class FashionClassifier:
     bento_model = bentoml.models.BentoModel(settings.model_tag())
 
     def __init__(self) -> None:
-        from pipeline.core.inference import OnnxClassifier
+        from pipeline.core.inference import OnnxClassifier, altered_files
 
         if serve.max_images_per_request > MAX_BATCH:
             raise ValueError(f"serve.max_images_per_request must be at most {MAX_BATCH}")
@@ -85,6 +86,11 @@ class FashionClassifier:
         # The CPUs shared out between the workers: more model threads than CPUs only contend.
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
         info = self.bento_model.info
+        if altered := altered_files(Path(self.bento_model.path), info.labels, info.metadata):
+            raise RuntimeError(  # an interrupted import: never serve it
+                f"{info.tag}: {altered} are not what register stored; "
+                "`python -m pipeline.register --import-only` imports the champion again"
+            )
         self.classifier = OnnxClassifier(
             self.bento_model.path_of(info.metadata["onnx_file"]), threads
         )

@@ -19,7 +19,7 @@ import yaml
 from harness.servers import free_port, start_server, stop
 
 # Test modules import helpers from these fixture modules before pytest_plugins loads them.
-pytest.register_assert_rewrite("browser_fixtures", "service_fixtures")
+pytest.register_assert_rewrite("browser_fixtures", "register_fixtures", "service_fixtures")
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -88,18 +88,25 @@ def run(cmd: list[str], cwd: Path, env: dict, timeout: float = 900) -> subproces
     return proc
 
 
-def start_mlflow(root: Path, backend_store_uri: str) -> tuple[subprocess.Popen, str]:
-    """A real `mlflow server` on a free loopback port with artifacts served from root/artifacts."""
+def start_mlflow(
+    root: Path,
+    backend_store_uri: str,
+    artifacts: str | None = None,
+    extra: tuple[str, ...] = (),
+    **env: str,
+) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on a free loopback port, artifacts proxied to `artifacts` (default:
+    root/artifacts); `extra`: more arguments; `env`: more environment variables."""
     port = free_port()
     cmd = [
         str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
         "--backend-store-uri", backend_store_uri,
-        "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
+        "--artifacts-destination", artifacts or str(root / "artifacts"), "--workers", "1", *extra,
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     # MLflow 3's job runner (GenAI jobs, trace rollups) starts ~8 huey consumer processes that
     # take CPU from the suite; this project uses none of it.
-    env = base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env = base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **env)
     return start_server(cmd, root, env, root / "server.log", f"{url}/health", 180), url
 
 

@@ -1,6 +1,6 @@
 """Experiments the DVC way, in a temporary clone on a tiny subset, with the default MLflow store.
 
-A committed baseline plus two experiments queued and run two at a time (`dvc queue start -j 2`):
+A committed baseline plus four experiments queued and run two at a time (`dvc queue start -j 2`):
 every commit and experiment carries its metrics and plot data, `dvc exp show`, `dvc metrics diff`
 and `dvc plots diff` compare them, each experiment is one MLflow run named after it, and the
 best one is promoted with `dvc exp apply` + `dvc repro` without retraining.
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import BIN, REPO, SMALL_RUN, base_env, copy_workspace, run, set_params
 from mlflow import MlflowClient
 
@@ -26,7 +27,8 @@ from pipeline.core.params import load_params
 pytestmark = pytest.mark.e2e
 
 DVC = str(BIN / "dvc")
-EXPERIMENTS = {"lr-low": 0.001, "lr-high": 0.004}
+# Four learning rates, run two at a time: their registers overlap on one local store.
+EXPERIMENTS = {"lr-low": 0.001, "lr-mid": 0.002, "lr-high": 0.004, "lr-top": 0.008}
 KEY_METRICS = ("best_val_accuracy", "best_val_loss", "test_accuracy", "test_macro_f1")
 
 
@@ -96,7 +98,7 @@ def test_every_revision_has_numeric_metrics(sweep):
 
 def test_metrics_and_plots_diff_load_both_experiments(sweep):
     ws, env = sweep
-    a, b = EXPERIMENTS
+    a, b = list(EXPERIMENTS)[:2]
     # --all: two tiny-subset runs may tie on a metric, and diff leaves unchanged ones out.
     diff = run([DVC, "metrics", "diff", a, b, "--all", "--json"], ws, env)
     assert "failed to load" not in diff.stderr
@@ -172,8 +174,8 @@ def test_each_experiment_is_one_finished_mlflow_run_named_after_it(sweep):
 
 
 def test_overlapping_registers_leave_the_best_run_champion(sweep):
-    """The two experiments' registers ran at the same time (`-j 2`) on one MLflow store: neither
-    failed, and `@champion` is the run with the best validation accuracy of all."""
+    """The experiments' registers ran two at a time (`-j 2`) on one MLflow store: none failed,
+    and `@champion` is the run with the best validation accuracy of all."""
     ws, env = sweep
     for name in EXPERIMENTS:
         log = run([DVC, "queue", "logs", name], ws, env).stdout
@@ -188,6 +190,11 @@ def test_overlapping_registers_leave_the_best_run_champion(sweep):
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
     assert val[champion.run_id] == max(val.values()), (champion.run_id, val)
+    # ...and the BentoML store the registers shared serves it.
+    store = ws.parent / "bentoml" / "models" / "fashion-mnist-cnn"
+    latest = yaml.safe_load((store / (store / "latest").read_text() / "model.yaml").read_text())
+    assert latest["labels"]["mlflow_model_version"] == champion.version
+    assert latest["labels"]["mlflow_run_id"] == champion.run_id
 
 
 def test_apply_the_best_then_repro_retrains_nothing(sweep):

@@ -13,6 +13,7 @@ import datetime as dt
 import io
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections import Counter
@@ -23,7 +24,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import requests
-from conftest import BIN, run
+import yaml
+from conftest import BIN, REPO, base_env, free_port, run, start_server, stop
 from PIL import Image
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -398,3 +400,98 @@ def test_report_on_inverted_images_names_the_brightness(
     assert "pixel_std" not in summary["drifted_features"]  # 255 - x has the same contrast
     assert summary["features"]["pixel_mean"]["current"]["mean"] > 150
     assert "DRIFTED" in proc.stdout
+
+
+# deploy/prometheus/: the alert rules (unit-tested with promtool) and the scrape config, run by a
+# real Prometheus (Debian's package: `make system-test`) against the session's `bentoml serve`.
+PROMETHEUS = REPO / "deploy" / "prometheus"
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    binary = shutil.which("promtool")
+    assert binary, "promtool not found: `make system-test` installs Debian's prometheus package"
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=120)
+
+
+def alert_rules() -> dict[str, dict]:
+    groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+    return {rule["alert"]: rule for group in groups for rule in group["rules"]}
+
+
+@pytest.mark.unit
+def test_every_alert_fires_on_its_case_and_stays_silent_on_normal_traffic():
+    checked = promtool("check", "rules", str(PROMETHEUS / "alerts.yml"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = promtool("test", "rules", str(PROMETHEUS / "alerts_test.yml"))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    # ...and the tests cover every alert both ways, with a `for:` on all but the records counter.
+    cases = [
+        (test["name"], case["alertname"], bool(case["exp_alerts"]))
+        for test in yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
+        for case in test["alert_rule_test"]
+    ]
+    rules = alert_rules()
+    assert {name for _, name, fires in cases if fires} == set(rules)
+    assert {name for test, name, fires in cases if test.startswith("normal") and not fires} == set(
+        rules
+    )
+    for name, rule in rules.items():
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
+
+
+@pytest.mark.service
+def test_prometheus_scrapes_the_service_and_evaluates_every_rule(
+    service_url, test_images, tmp_path
+):
+    """The shipped scrape config, pointed at the session's service: after known traffic,
+    Prometheus's API gives the per-class counts sent, and every alert expression evaluates."""
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(PROMETHEUS / "alerts.yml")]
+    (job,) = config["scrape_configs"]
+    job["static_configs"] = [{"targets": [service_url.removeprefix("http://")]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        shutil.which("prometheus") or "prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+    ]  # fmt: skip
+    proc = start_server(
+        cmd, tmp_path, base_env(), tmp_path / "prometheus.log", f"{url}/-/ready", 60
+    )
+    try:
+        x, _ = test_images
+        before = class_counts(service_url)
+        sent = send(service_url, x[1000:1080])
+        expected = Counter()
+        for (name, _), n in (before + sent).items():
+            expected[name] += n
+
+        def query(expr: str) -> dict:
+            answer = requests.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10)
+            assert answer.status_code == 200, f"{expr}: {answer.text}"
+            return answer.json()["data"]
+
+        deadline = time.monotonic() + 60
+        while True:
+            result = query("sum by (class_name) (fashion_predictions_total)")["result"]
+            seen = Counter({r["metric"]["class_name"]: int(float(r["value"][1])) for r in result})
+            if seen == expected:
+                break
+            assert time.monotonic() < deadline, f"Prometheus never showed {expected}: {seen}"
+            time.sleep(0.5)
+        assert query('up{job="fashion-classifier"}')["result"][0]["value"][1] == "1"
+        for rule in alert_rules().values():
+            query(rule["expr"])  # 200: it parses and evaluates on the scraped series
+        deadline = time.monotonic() + 60
+        while True:
+            rules = requests.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+            health = {r["name"]: r["health"] for g in rules for r in g["rules"]}
+            if set(health) == set(alert_rules()) and set(health.values()) == {"ok"}:
+                break
+            assert time.monotonic() < deadline, f"rules never all evaluated ok: {health}"
+            time.sleep(0.5)
+    finally:
+        stop(proc)

@@ -9,29 +9,24 @@ a registered model of their own, so the pipeline's champion is never touched.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
-import subprocess
-import uuid
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import requests
-import yaml
 from conftest import BIN, free_port, run, start_server, stop
 from mlflow import MlflowClient
+from register_fixtures import bento_models, register, register_cmd, registry_state, sha256
 
+from pipeline.core.inference import altered_files
 from pipeline.core.params import RegisterParams
 from pipeline.promotion.choice import decide
-from pipeline.promotion.registry import local_store, promotion_lock
+from pipeline.promotion.registry import local_store, process_gone, promotion_lock, this_process
+from pipeline.promotion.steps import reached
 
-pytest_plugins = ["service_fixtures"]  # champion, test_images, evaluated
-
-
-def register_cmd(*extra: str) -> list[str]:
-    return [str(BIN / "python"), "-m", "pipeline.register", *extra]
+pytest_plugins = ["service_fixtures", "register_fixtures"]  # champion...; crafted
 
 
 GATE = RegisterParams(min_accuracy=0.9, max_regression=0.002)
@@ -54,20 +49,6 @@ def test_gate(candidate, champion, promote, words):
     decision, reason = decide(candidate, champion, GATE)
     assert decision is promote
     assert words in reason
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def bento_models(home: Path, name: str) -> dict[str, dict]:
-    """The BentoML store's models called `name`: version -> model.yaml (labels, metadata...)."""
-    root = home / "models" / name
-    if not root.is_dir():
-        return {}
-    return {
-        d.name: yaml.safe_load((d / "model.yaml").read_text()) for d in root.iterdir() if d.is_dir()
-    }
 
 
 @pytest.mark.e2e
@@ -135,8 +116,10 @@ def test_pipeline_run_is_promoted_into_both_stores(
     }
     assert stored["metadata"]["test_accuracy"] == accuracy["test_accuracy"]
     # The ONNX file the service runs is the one register checked and logged to the run.
+    assert version.tags["promotion"] == "promoted"
+    assert version.tags["exports_dir"] == f"promotion/v{version.version}"
     logged = mlflow.artifacts.download_artifacts(
-        f"runs:/{run_id}/onnx/model.onnx",
+        f"runs:/{run_id}/promotion/v{version.version}/model.onnx",
         dst_path=str(tmp_path / "onnx"),
         tracking_uri=mlflow_server,
     )
@@ -185,92 +168,6 @@ def test_rerun_keeps_the_champion(champion, pipeline_run, pipeline_env, bentoml_
     assert "already the champion" in record["reason"]
     assert record["champion"] == champion["champion"]
     assert bento_models(bentoml_home, name) == before
-
-
-# Crafted runs: the pipeline's model logged like `train` and `evaluate` do (model, its SHA-256,
-# layer table, validation split hash, evaluation tables), with chosen validation and test
-# accuracies; the predictions table is optionally tampered with, so the parity check must fail.
-MAKE_RUNS = r"""
-import json, os, sys, tempfile
-from pathlib import Path
-import keras, mlflow
-from pipeline.shared.dataset import content_hash, load_split
-from pipeline.evaluate import evaluate_predictions
-from pipeline.core.inference import file_sha256
-from pipeline.shared.keras_runtime import Classifier
-from pipeline.shared.tracking import download_keras_file
-
-mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-model = keras.saving.load_model("models/model.keras")
-test = load_split(Path("data/prepared/test.npz"))
-val_hash = content_hash(load_split(Path("data/prepared/val.npz")))
-result = evaluate_predictions(test.y, Classifier(model).predict_proba(test.x))
-run_ids = {}
-for spec in json.loads(sys.argv[1]):
-    mlflow.set_experiment(spec["experiment"])
-    tags = {"git_commit": "crafted", "data_hash": "crafted", "val_data_hash": val_hash}
-    with mlflow.start_run(tags=tags) as active, tempfile.TemporaryDirectory() as tmp:
-        info = mlflow.keras.log_model(model, name="model", pip_requirements=["tensorflow", "keras"])
-        mlflow.set_tag("model_sha256", file_sha256(download_keras_file(info.model_uri, Path(tmp))))
-        mlflow.log_text("conv_0 ... (crafted)", "layer_table.txt")
-        logged = result.predictions.copy()
-        if spec["tamper"]:
-            logged["predicted_id"] = (logged["predicted_id"] + 1) % 10
-        logged.to_csv(f"{tmp}/predictions.csv", index_label="index", float_format="%.6f")
-        result.per_class.to_csv(f"{tmp}/per_class.csv", index=False)
-        mlflow.log_artifact(f"{tmp}/predictions.csv", artifact_path="evaluation")
-        mlflow.log_artifact(f"{tmp}/per_class.csv", artifact_path="evaluation")
-        mlflow.log_metrics({"best_val_accuracy": spec["val"], "test_accuracy": spec["test"]})
-    run_ids[spec["experiment"]] = active.info.run_id
-print("RUNS=" + json.dumps(run_ids))
-"""
-
-
-@pytest.fixture(scope="module")
-def crafted(pipeline_run: Path, pipeline_env: dict) -> dict[str, str]:
-    """Experiment (scenario) name -> id of its one crafted run."""
-    prefix = f"reg-{uuid.uuid4().hex[:8]}"
-    scenarios = {  # name: (validation accuracy, test accuracy, tampered predictions)
-        "floor": (0.40, 0.95, False),
-        "first": (0.80, 0.80, False),
-        "parity": (0.85, 0.85, True),
-        "worse": (0.70, 0.80, False),
-        "better-test-worse-val": (0.75, 0.99, False),
-        "better": (0.90, 0.60, False),
-        "remeasure": (0.95, 0.80, False),
-    }
-    specs = [
-        {"experiment": f"{prefix}-{name}", "val": val, "test": test, "tamper": tamper}
-        for name, (val, test, tamper) in scenarios.items()
-    ]
-    proc = run(
-        [str(BIN / "python"), "-c", MAKE_RUNS, json.dumps(specs)], pipeline_run, pipeline_env
-    )
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RUNS="))
-    return {"prefix": prefix, **json.loads(line.removeprefix("RUNS="))}
-
-
-def register(ws: Path, env: dict, tmp: Path, experiment: str, model: str):
-    """Run the stage with its own experiment and registered/BentoML model names."""
-    params = yaml.safe_load((ws / "params.yaml").read_text())
-    params["mlflow"] |= {"experiment_name": experiment, "registered_model_name": model}
-    params["serve"]["bento_model_name"] = model
-    params_file = tmp / f"params-{experiment}.yaml"
-    params_file.write_text(yaml.safe_dump(params))
-    out = tmp / f"champion-{experiment}.json"
-    cmd = register_cmd("--params", str(params_file), "--out", str(out))
-    proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=600)
-    return proc, (json.loads(out.read_text()) if proc.returncode == 0 else None)
-
-
-def registry_state(client: MlflowClient, model: str) -> tuple[list[str], str | None]:
-    """(all version numbers, the @champion's version) of a registered model."""
-    versions = sorted(v.version for v in client.search_model_versions(f"name='{model}'"))
-    try:
-        alias = client.get_model_version_by_alias(model, "champion").version
-    except mlflow.exceptions.MlflowException:
-        alias = None
-    return versions, alias
 
 
 @pytest.mark.e2e
@@ -468,3 +365,35 @@ def test_one_promotion_at_a_time_on_a_local_store(tmp_path):
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
     with promotion_lock("http://127.0.0.1:1") as nothing:
         assert nothing is None
+
+
+@pytest.mark.unit
+def test_a_register_is_known_gone_only_on_its_own_host():
+    """How `repair` tells an abandoned promotion from one still running."""
+    me = this_process()
+    host, pid, start = me.rsplit(":", 2)
+    assert process_gone(me) is False
+    assert process_gone(f"{host}:{pid}:{int(start) + 1}") is True  # the pid, reused
+    assert process_gone(f"{host}:999999999:1") is True
+    assert process_gone(f"elsewhere.example:{pid}:{start}") is None  # cannot tell from here
+
+
+@pytest.mark.unit
+def test_steps_are_named(monkeypatch):
+    monkeypatch.delenv("REGISTER_STOP_AT", raising=False)
+    reached("registered")  # announced, not stopped
+    with pytest.raises(ValueError, match="unknown promotion step 'registred'"):
+        reached("registred")
+
+
+@pytest.mark.unit
+def test_altered_files_are_found_by_their_recorded_sha256(tmp_path):
+    (tmp_path / "model.keras").write_bytes(b"keras")
+    (tmp_path / "model.onnx").write_bytes(b"onnx, cut sho")
+    labels = {"model_sha256": sha256(tmp_path / "model.keras"), "onnx_sha256": "0" * 64}
+    metadata = {"onnx_file": "model.onnx", "explainer_onnx": "explainer.onnx"}
+    metadata["explainer_onnx_sha256"] = "1" * 64
+    assert altered_files(tmp_path, labels, metadata) == ["model.onnx", "explainer.onnx"]
+    labels["onnx_sha256"] = sha256(tmp_path / "model.onnx")
+    del metadata["explainer_onnx"]  # a model saved before explainers: nothing recorded to check
+    assert altered_files(tmp_path, labels, metadata) == []

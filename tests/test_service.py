@@ -10,6 +10,7 @@ import io
 import json
 import math
 import re
+import shutil
 import struct
 import tarfile
 import zlib
@@ -318,26 +319,23 @@ def test_any_upload_is_decoded_or_refused_with_a_4xx(data):
 
 
 @pytest.mark.unit
-def test_bentofile_pins_serving_packages_as_locked():
-    bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
-    locked = dict(
-        line.split("==", 1)
-        for line in (REPO / "requirements.lock").read_text().splitlines()
-        if "==" in line
+def test_the_serving_lock_is_requirements_lock_cut_to_what_the_service_needs():
+    def pins(path: Path) -> dict[str, str]:
+        lines = path.read_text().splitlines()
+        return dict(line.split("==", 1) for line in lines if "==" in line and line[0].isalnum())
+
+    locked, serving = pins(REPO / "requirements.lock"), pins(REPO / "requirements-serve.lock")
+    assert {name: locked.get(name) for name in serving} == serving  # same version everywhere
+    assert {"bentoml", "onnxruntime", "numpy", "pillow", "pydantic", "pyyaml", "fastapi"} <= set(
+        serving
     )
-    pins = dict(p.split("==", 1) for p in bentofile["python"]["packages"])
-    assert set(pins) == {
-        "bentoml",
-        "onnxruntime",
-        "numpy",
-        "pillow",
-        "pydantic",
-        "pyyaml",
-        "fastapi",
-        "uvloop",
-        "httptools",
+    training = {"tensorflow", "keras", "mlflow", "dvc", "pandas", "scikit-learn", "tf2onnx"}
+    assert not training & set(serving)
+    bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
+    assert bentofile["python"] == {
+        "requirements_txt": "requirements-serve.lock",
+        "lock_packages": False,
     }
-    assert {name: locked[name] for name in pins} == pins
 
 
 @pytest.mark.unit
@@ -408,13 +406,12 @@ def test_bento_build_contains_model_and_serves(
     users = re.findall(r"^USER (\S+)", dockerfile, re.M)
     assert users and users[-1] == "bentoml"  # the image runs as the non-root user
     assert dockerfile.rindex("\nUSER bentoml") < re.search(r"^ENTRYPOINT", dockerfile, re.M).start()
+    # The image installs exactly the serving lock.
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
-    assert not re.search(
-        r"^(tensorflow|keras|mlflow|dvc|scikit-learn|pandas|matplotlib|pytest)\b",
-        requirements,
-        re.M,
+    pinned = sorted(re.findall(r"^([\w.-]+==\S+)", requirements, re.M))
+    assert pinned == sorted(
+        re.findall(r"^([\w.-]+==\S+)", (REPO / "requirements-serve.lock").read_text(), re.M)
     )
-    assert re.search(r"^onnxruntime==", requirements, re.M)
 
     archive = tmp_path / "classifier.bento"
     run([str(BIN / "bentoml"), "export", tag, str(archive)], pipeline_run, pipeline_env)
@@ -428,17 +425,32 @@ def test_bento_build_contains_model_and_serves(
         assert packed == core | {"./src/pipeline/__init__.py"}
         assert "./env/docker/Dockerfile" in members
 
+    # A machine that only serves: a venv holding the serving lock alone, an empty BentoML store.
+    uv = shutil.which("uv")
+    assert uv, "uv not found (make setup installs it)"
+    venv = tmp_path / "serve-venv"
+    run([uv, "venv", "--quiet", "--python", "3.11", str(venv)], tmp_path, pipeline_env)
+    sync = [uv, "pip", "sync", "--quiet", "--python", str(venv / "bin" / "python")]
+    run([*sync, str(REPO / "requirements-serve.lock")], tmp_path, pipeline_env)
     fresh = {**pipeline_env, "BENTOML_HOME": str(tmp_path / "fresh_home")}
-    run([str(BIN / "bentoml"), "import", str(archive)], tmp_path, fresh)
+    fresh["PATH"] = f"{venv / 'bin'}:{fresh['PATH']}"
+    run([str(venv / "bin" / "bentoml"), "import", str(archive)], tmp_path, fresh)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [str(BIN / "bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [str(venv / "bin" / "bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
     proc = start_server(cmd, tmp_path, fresh, tmp_path / "serve.log", f"{url}/readyz", 240)
     try:
         assert requests.get(f"{url}/metadata", timeout=10).json()["bento_model"] == model_tag
         resp = post_predict(url, test_images[0][:8])
         assert resp.status_code == 200
         assert_matches_evaluate(resp.json()["predictions"], evaluated, range(8))
+        resp = post_image(
+            url, encode(Image.fromarray(test_images[0][0]), "PNG"), "a.png", "image/png"
+        )
+        assert resp.status_code == 200, resp.text
+        assert_matches_evaluate([resp.json()], evaluated, [0])
+        page = requests.get(f"{url}/ui/", timeout=10)
+        assert page.status_code == 200 and "<html" in page.text.lower()
         # The service runs ONNX Runtime and never loads TensorFlow, in any of its processes.
         server = psutil.Process(proc.pid)
         mapped = {p.pid: Path(f"/proc/{p.pid}/maps").read_text()

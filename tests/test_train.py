@@ -13,7 +13,7 @@ from conftest import REPO, base_env, copy_workspace, free_port
 
 from pipeline.core.params import flatten, load_params
 from pipeline.shared.dataset import Split
-from pipeline.shared.tracking import TrackingUnavailable, check_server, tracking_uri
+from pipeline.shared.tracking import TrackingUnavailable, check_server, shown, tracking_uri
 from pipeline.training.fit import fit_model, learning_rate
 
 pytestmark = pytest.mark.model
@@ -88,6 +88,16 @@ def test_unreachable_server_fails_fast_naming_it():
     with pytest.raises(TrackingUnavailable, match=f"MLflow tracking server {uri} is not reachable"):
         check_server(uri, timeout=2)
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.unit
+def test_a_password_in_the_tracking_uri_is_never_shown():
+    uri = f"http://alice:s3cret-pass@127.0.0.1:{free_port()}"
+    assert shown(uri) == uri.replace("s3cret-pass", "***")
+    assert shown("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    with pytest.raises(TrackingUnavailable) as err:
+        check_server(uri, timeout=2)
+    assert "s3cret-pass" not in str(err.value) and "alice:***@" in str(err.value)
 
 
 @pytest.mark.unit

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,24 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def altered_files(folder: Path, labels: dict[str, str], metadata: dict[str, Any]) -> list[str]:
+    """The files of a stored BentoML model that are missing or not the bytes register recorded
+    (model and ONNX export in its labels, explainer files in its metadata): what an interrupted
+    copy leaves, and what must never be served."""
+    recorded = {
+        MODEL_FILE: labels.get("model_sha256"),
+        metadata.get("onnx_file", ONNX_FILE): labels.get("onnx_sha256"),
+    }
+    for key in ("explainer_onnx", "explainer_json"):
+        if key in metadata:
+            recorded[metadata[key]] = metadata.get(f"{key}_sha256")
+    return [
+        file
+        for file, sha256 in recorded.items()
+        if sha256 and (not (folder / file).is_file() or file_sha256(folder / file) != sha256)
+    ]
 
 
 def check_images(images: np.ndarray) -> np.ndarray:

@@ -9,21 +9,31 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from pipeline.core.fashion_mnist import CLASS_NAMES
-from pipeline.core.inference import MODEL_FILE, ONNX_FILE, file_sha256
+from pipeline.core.inference import (
+    MODEL_FILE,
+    ONNX_FILE,
+    altered_files,
+    file_sha256,
+)
 from pipeline.core.params import Params
 from pipeline.promotion.export import EXPLAINER_JSON, EXPLAINER_ONNX
-from pipeline.promotion.record import ARTIFACTS, SHA256_KEYS, Champion, RegisterError
+from pipeline.promotion.record import EXPORTS, SHA256_KEYS, Champion, RegisterError
 from pipeline.promotion.registry import (
     champion_summary,
     checked_artifact,
     checked_download,
     current_champion,
 )
+from pipeline.promotion.steps import reached
 
 
 def save_to_bentoml(bento_name: str, champion: Champion, files: dict[str, Path]) -> str:
     """A new BentoML model (it becomes `<bento_name>:latest`) holding the champion's .keras file,
-    its ONNX export, its explainer (when it has one) and its identity as labels; returns its tag."""
+    its ONNX export, its explainer (when it has one) and its identity as labels; returns its tag.
+
+    BentoML builds it in a temporary folder and copies it into the store on leaving `create`, so a
+    register killed before then leaves the store as it was; one killed during the copy leaves a
+    partial folder that `latest` does not point at, which the next sync deletes."""
     import bentoml
 
     labels = {
@@ -46,26 +56,56 @@ def save_to_bentoml(bento_name: str, champion: Champion, files: dict[str, Path])
     }
     if EXPLAINER_ONNX in files:  # the service's /explain; without it, /explain answers 503
         metadata |= {"explainer_onnx": EXPLAINER_ONNX, "explainer_json": EXPLAINER_JSON}
-        metadata |= {SHA256_KEYS[f]: champion.sha256(f) for f in ARTIFACTS}
+        metadata |= {SHA256_KEYS[f]: champion.sha256(f) for f in EXPORTS}
     with bentoml.models.create(bento_name, labels=labels, metadata=metadata) as bm:
         for name, path in files.items():
             shutil.copyfile(path, bm.path_of(name))
             if file_sha256(bm.path_of(name)) != champion.sha256(name):
                 raise RegisterError(f"the copy of {name} in the BentoML store differs")
+        reached("bento-import")
     return str(bm.tag)
+
+
+def remove_broken(bento_name: str) -> list[str]:
+    """Delete this name's models that a killed import left broken (a folder without model.yaml,
+    or files that are not what their labels say): they would break `bentoml models list`, and
+    must never be served. Returns the versions deleted."""
+    import bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    # The store's folder: BENTOML_HOME (or BentoML's configured home) / models / <name>
+    folder = Path(BentoMLContainer.bentoml_home.get()) / "models" / bento_name
+    removed = []
+    for path in sorted(p for p in folder.glob("*") if p.is_dir()):
+        try:
+            info = bentoml.models.get(f"{bento_name}:{path.name}").info
+            broken = bool(altered_files(path, info.labels, info.metadata))
+        except bentoml.exceptions.BentoMLException:  # no model.yaml, or one it cannot read
+            broken = True
+        if broken:
+            shutil.rmtree(path)
+            removed.append(path.name)
+    latest = folder / "latest"
+    if removed and latest.is_file() and latest.read_text().strip() in removed:
+        latest.unlink()  # BentoML re-creates it from the newest model left
+    return removed
 
 
 def sync_bentoml_store(client: MlflowClient, params: Params, workdir: Path) -> str | None:
     """Make the local BentoML store's `<serve.bento_model_name>:latest` the MLflow `@champion`,
-    importing it (hash-checked) when it is missing, e.g. on a teammate's machine; its tag."""
+    importing it (hash-checked) when it is missing, e.g. on a teammate's machine, or when `latest`
+    is another model (a register killed between moving the alias and importing); its tag."""
     import bentoml
 
+    name = params.serve.bento_model_name
+    for broken in remove_broken(name):
+        print(f"register: deleted {name}:{broken} from the BentoML store: an unfinished import")
     version = current_champion(client, params.mlflow.registered_model_name)
     if version is None:
         return None
     champion = champion_summary(client, version)
     try:
-        latest = bentoml.models.get(f"{params.serve.bento_model_name}:latest")
+        latest = bentoml.models.get(f"{name}:latest")
     except bentoml.exceptions.NotFound:
         latest = None
     identity = ("mlflow_model_name", "mlflow_model_version", "model_sha256", "onnx_sha256")
@@ -80,9 +120,11 @@ def sync_bentoml_store(client: MlflowClient, params: Params, workdir: Path) -> s
         )
     uri = f"models:/{champion.model_name}/{champion.version}"
     files = {MODEL_FILE: checked_download(uri, champion.model_sha256, workdir / "import")}
-    for f in ARTIFACTS:  # the explainer is missing for champions promoted before it existed
+    for f in EXPORTS:  # the explainer is missing for champions promoted before it existed
         if champion.sha256(f) != "unknown":
-            files[f] = checked_artifact(champion.run_id, f, champion.sha256(f), workdir / "import")
-    tag = save_to_bentoml(params.serve.bento_model_name, champion, files)
+            files[f] = checked_artifact(
+                champion.run_id, champion.artifact(f), champion.sha256(f), workdir / "import"
+            )
+    tag = save_to_bentoml(name, champion, files)
     print(f"register: imported the champion ({uri}) into the BentoML store as {tag}")
     return tag

@@ -39,8 +39,9 @@ def accuracy(model_file: Path, split: Split) -> float:
 
 def parity_check(
     model_file: Path, onnx_file: Path, predictions: pd.DataFrame, test: Split
-) -> dict[str, Any]:
-    """Both runtimes on every test image: they must give evaluate's classes and confidences."""
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Both runtimes on every test image: they must give evaluate's classes and confidences.
+    Returns the record and the ONNX export's probabilities (the explainer's reference)."""
     expected = predictions.sort_values("index")
     if (
         len(expected) != len(test)
@@ -69,13 +70,15 @@ def parity_check(
     if diff > PROBABILITY_TOLERANCE:
         raise RegisterError(f"parity: ONNX and Keras probabilities differ by up to {diff:.2e}")
     record["onnx_vs_keras_max_probability_diff"] = diff
-    return record
+    return record, onnx_proba
 
 
-def explainer_parity(explainer: ExplainerExport, onnx_file: Path, test: Split) -> dict[str, Any]:
-    """The explainer export: the served ONNX model's probabilities on every test image (what the
-    page shows beside the activations is what /classify answers), and Keras's activations on the
-    test images it ships."""
+def explainer_parity(
+    explainer: ExplainerExport, onnx_proba: np.ndarray, test: Split
+) -> dict[str, Any]:
+    """The explainer export: the served ONNX model's probabilities (`onnx_proba`, on every test
+    image: what the page shows beside the activations is what /classify answers), and Keras's
+    activations on the test images it ships."""
     runtime = OnnxClassifier(explainer.onnx_file)
     names = [o.name for o in runtime.session.get_outputs()]
     if len(names) != len(explainer.keras_outputs):
@@ -85,7 +88,7 @@ def explainer_parity(explainer: ExplainerExport, onnx_file: Path, test: Split) -
     proba = in_chunks(
         lambda chunk: runtime.session.run(names[-1:], {runtime.input: chunk})[0], test.x
     )
-    diff = float(np.abs(proba - OnnxClassifier(onnx_file).predict_proba(test.x)).max())
+    diff = float(np.abs(proba - onnx_proba).max())
     if diff > PROBABILITY_TOLERANCE:
         raise RegisterError(f"parity: explainer and model probabilities differ by up to {diff:.2e}")
     worst = 0.0

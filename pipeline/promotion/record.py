@@ -11,20 +11,32 @@ from pipeline.core.inference import MODEL_FILE, ONNX_FILE
 from pipeline.promotion.export import EXPLAINER_JSON, EXPLAINER_ONNX
 
 ALIAS = "champion"
-ONNX_ARTIFACT = f"onnx/{ONNX_FILE}"  # where promotion logs the checked export in the run
-# Every file of a served model: its SHA-256's key (a version tag, the champion summary's field) and
-# where promotion logs it in the run (the .keras file is the registered model itself).
+# Every file of a served model and its SHA-256's key (a version tag, the champion summary's field).
+# The .keras file is the registered model itself; promotion logs the others to the run, each
+# version in a folder of its own (two promotions of one run never overwrite each other's files).
 SHA256_KEYS = {
     MODEL_FILE: "model_sha256",
     ONNX_FILE: "onnx_sha256",
     EXPLAINER_ONNX: "explainer_onnx_sha256",
     EXPLAINER_JSON: "explainer_json_sha256",
 }
-ARTIFACTS = {
-    ONNX_FILE: ONNX_ARTIFACT,
+EXPORTS = (ONNX_FILE, EXPLAINER_ONNX, EXPLAINER_JSON)
+# Where versions promoted before the per-version folders have them.
+LEGACY_ARTIFACTS = {
+    ONNX_FILE: f"onnx/{ONNX_FILE}",
     EXPLAINER_ONNX: f"explainer/{EXPLAINER_ONNX}",
     EXPLAINER_JSON: f"explainer/{EXPLAINER_JSON}",
 }
+# A version's `promotion` tag: how far its promotion got. A register killed mid-way leaves
+# "in_progress"; the next register marks such a version "promoted" if it is @champion, else
+# "abandoned" (once its register is known to be gone).
+PROMOTION = "promotion"
+PROMOTION_OWNER = "promotion_owner"  # host:pid:start-time of the register promoting it
+
+
+def exports_dir(version: str) -> str:
+    """The run's artifact folder that holds a version's exports."""
+    return f"promotion/v{version}"
 
 
 class RegisterError(RuntimeError):
@@ -64,17 +76,23 @@ class Champion:
     git_commit: str
     data_hash: str
     bento_model: str | None
+    exports_dir: str | None = None  # None: promoted before per-version folders (LEGACY_ARTIFACTS)
 
     def sha256(self, file: str) -> str:
         """The recorded SHA-256 of one of the served files (MODEL_FILE, ONNX_FILE, ...)."""
         return getattr(self, SHA256_KEYS[file])
+
+    def artifact(self, file: str) -> str:
+        """Where in its run promotion logged one of the exports (ONNX_FILE, ...)."""
+        return f"{self.exports_dir}/{file}" if self.exports_dir else LEGACY_ARTIFACTS[file]
 
 
 @dataclass
 class Decision:
     """champion.json: what register decided and why, and what the local BentoML store serves."""
 
-    decision: Literal["kept", "promoted"]
+    # superseded: another register changed the registry while this one promoted; it decided again
+    decision: Literal["kept", "promoted", "superseded"]
     reason: str
     chosen_by: str
     candidate: Candidate

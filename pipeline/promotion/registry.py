@@ -4,6 +4,8 @@ a version's files, the model card, and one promotion at a time on a local store.
 from __future__ import annotations
 
 import fcntl
+import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,14 +19,15 @@ from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from pipeline.core.inference import file_sha256
+from pipeline.core.inference import ONNX_FILE, file_sha256
 from pipeline.promotion.record import (
     ALIAS,
-    ARTIFACTS,
-    ONNX_ARTIFACT,
+    PROMOTION,
+    PROMOTION_OWNER,
     Candidate,
     Champion,
     RegisterError,
+    exports_dir,
 )
 from pipeline.shared.tracking import download_keras_file
 
@@ -74,6 +77,11 @@ def current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
         # to "no champion"): INVALID_PARAMETER_VALUE "...alias champion not found".
         if err.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in err.message:
             return None
+        # MLflow's basic auth answers 403, not 404, for a registered model that does not exist.
+        if err.error_code == "PERMISSION_DENIED" and not client.search_registered_models(
+            f"name = '{name}'"
+        ):
+            return None
         raise
 
 
@@ -107,6 +115,7 @@ def champion_summary(client: MlflowClient, version: ModelVersion) -> Champion:
         git_commit=tags.get("git_commit", "unknown"),
         data_hash=tags.get("data_hash", "unknown"),
         bento_model=tags.get("bento_model"),
+        exports_dir=tags.get("exports_dir"),
     )
 
 
@@ -126,13 +135,52 @@ def run_artifact(run_id: str, path: str, dest: Path) -> Path:
     return Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{path}", dst_path=str(dest)))
 
 
-def checked_artifact(run_id: str, file: str, expected_sha256: str, dest: Path) -> Path:
-    """An export (ONNX_FILE, EXPLAINER_ONNX, ...) logged to a run at promotion, refused unless it
-    has the expected SHA-256."""
-    path = run_artifact(run_id, ARTIFACTS[file], dest)
+def checked_artifact(run_id: str, artifact: str, expected_sha256: str, dest: Path) -> Path:
+    """An export (model.onnx, ...) logged to a run at promotion, refused unless it has the
+    expected SHA-256."""
+    path = run_artifact(run_id, artifact, dest)
     if file_sha256(path) != expected_sha256:
-        raise RegisterError(f"run {run_id}: {ARTIFACTS[file]} is not the export register checked")
+        raise RegisterError(f"run {run_id}: {artifact} is not the export register checked")
     return path
+
+
+def this_process() -> str:
+    """host:pid:start-time, naming this register process uniquely (a pid alone gets reused)."""
+    start = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    return f"{socket.gethostname()}:{os.getpid()}:{start}"
+
+
+def process_gone(owner: str) -> bool | None:
+    """Whether the register named by this_process() has ended; None if it ran on another host."""
+    host, pid, start = owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return None
+    try:
+        now = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return now != start
+
+
+def repair(client: MlflowClient, name: str, locked: bool) -> list[str]:
+    """Settle the versions a killed register left `promotion=in_progress`: the `@champion` is
+    marked promoted; any other is marked abandoned once its register is known to be gone (it
+    ran on this host and has ended, or the store's promotion lock is held: no register can be
+    running). One still in progress on another host is left alone. Returns what was done."""
+    champion = current_champion(client, name)
+    done = []
+    for version in client.search_model_versions(f"name='{name}'"):
+        if version.tags.get(PROMOTION) != "in_progress":
+            continue
+        if champion is not None and version.version == champion.version:
+            status = "promoted"
+        elif locked or process_gone(version.tags.get(PROMOTION_OWNER, "?:0:0")):
+            status = "abandoned"
+        else:
+            continue
+        client.set_model_version_tag(name, version.version, PROMOTION, status)
+        done.append(f"version {version.version}: in_progress -> {status}")
+    return done
 
 
 def model_card(candidate: Candidate, run: Run, version: str, name: str, workdir: Path) -> str:
@@ -170,5 +218,5 @@ Layers (each conv/pool maps n to floor((n + 2p - f) / s) + 1):
 
 Use: `mlflow.pyfunc.load_model("models:/{name}/{version}").predict(images_uint8)`,
 `mlflow models serve -m models:/{name}@{ALIAS}`, or this project's `bentoml serve`, which runs
-the ONNX export logged to the run as `{ONNX_ARTIFACT}` (same classes on every test image).
+the ONNX export logged to the run as `{exports_dir(version)}/{ONNX_FILE}` (same classes on every test image).
 """

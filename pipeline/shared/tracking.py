@@ -12,12 +12,15 @@ import subprocess
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import numpy as np
 import yaml
+from mlflow.exceptions import MlflowException
 
 from pipeline.core.fashion_mnist import RAW_FILES
 from pipeline.core.inference import MODEL_FILE
@@ -35,6 +38,42 @@ DIGEST_CHARS = 32  # MLflow stores a dataset digest in at most 36 characters
 
 class TrackingUnavailable(RuntimeError):
     """The tracking server does not answer; the message names the URI."""
+
+
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def shown(uri: str) -> str:
+    """A tracking URI fit for messages: a password written into it (http://user:pw@host) is hidden."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+@contextmanager
+def tracking_access() -> Iterator[None]:
+    """MLflow's 401 and 403 (a server with authentication) as TrackingUnavailable, naming the
+    server, the user and what to set; credentials come from the environment only."""
+    try:
+        yield
+    except MlflowException as err:
+        user = os.environ.get(CREDENTIALS[0])
+        server = shown(tracking_uri())
+        if err.error_code == "UNAUTHENTICATED":
+            who = f"user {user!r}" if user else f"no user ({CREDENTIALS[0]} is not set)"
+            raise TrackingUnavailable(
+                f"MLflow tracking server {server} refused the credentials of {who} (HTTP 401): "
+                f"set {' and '.join(CREDENTIALS)} to an account on that server"
+            ) from None
+        if err.error_code == "PERMISSION_DENIED":
+            endpoint = err.message.split(" failed", 1)[0].removeprefix("API request to endpoint ")
+            raise TrackingUnavailable(
+                f"MLflow tracking server {server} denied user {user!r} ({endpoint}: HTTP 403): "
+                "this needs EDIT permission on the experiment or registered model, which its "
+                "owner or an admin grants"
+            ) from None
+        raise
 
 
 class ModelFileError(RuntimeError):
@@ -56,12 +95,14 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+        parts = urlsplit(uri)  # /health needs no credentials, and urllib takes none in the URL
+        bare = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+        with urllib.request.urlopen(f"{bare.rstrip('/')}/health", timeout=timeout) as resp:
             resp.read()
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise TrackingUnavailable(
-            f"MLflow tracking server {uri} is not reachable ({reason}); start it or set "
+            f"MLflow tracking server {shown(uri)} is not reachable ({reason}); start it or set "
             "MLFLOW_TRACKING_URI to a running server"
         ) from None
 
