@@ -14,7 +14,7 @@ test: setup system-data system-test  ## set everything up, then run the whole te
 	pytest
 
 # The test suite's small-run values; --temp runs in a copy, so params.yaml and the workspace stay as they are.
-TOUR_PARAMS := prepare.max_train_samples=2000 train.epochs=2 train.batch_size=32 train.warmup_epochs=0 register.min_accuracy=0.5
+TOUR_PARAMS := prepare.max_train_samples=2000 prepare.max_test_samples=2000 train.epochs=2 train.batch_size=32 train.warmup_epochs=0 register.min_accuracy=0.5
 
 tour: setup system-data  ## the whole loop on 2,000 images and 2 epochs, as a DVC experiment (README, "A few-minutes tour")
 	dvc exp run --temp $(addprefix -S ,$(TOUR_PARAMS))

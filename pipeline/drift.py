@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -368,6 +369,32 @@ with fewer than {t["min_records"]} records there is no verdict.</p>
 """
 
 
+def write_metrics(summary: dict[str, Any], path: Path, now: float) -> None:
+    """The report's verdict as Prometheus metrics in the text format, for node_exporter's textfile
+    collector (the usual way a batch job's result reaches Prometheus): when it ran, how many
+    records it read, and whether the traffic drifted (absent when there were too few records).
+    deploy/prometheus/alerts.yml alerts on a drifted verdict and on a report that stopped running."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+    Gauge(
+        "fashion_drift_report_timestamp_seconds",
+        "When the last drift report (make monitor) ran, Unix time",
+        registry=registry,
+    ).set(now)
+    Gauge(
+        "fashion_drift_records", "Prediction records in the last drift report's window",
+        registry=registry,
+    ).set(summary["records"])  # fmt: skip
+    if summary["drifted"] is not None:
+        Gauge(
+            "fashion_drift_detected",
+            "1 if the last drift report found the traffic drifted, 0 if not",
+            registry=registry,
+        ).set(int(summary["drifted"]))
+    write_to_textfile(str(path), registry)  # written to a temporary file, then renamed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -430,6 +457,7 @@ def main() -> None:
         context=context,
     )
     write_atomically(args.out / "drift.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+    write_metrics(summary, args.out / "drift.prom", now.timestamp())
     page = render_html(summary, features, arrays)
     write_atomically(args.out / "drift.html", lambda p: p.write_text(page))
     window = f"{since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC"

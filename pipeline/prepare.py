@@ -42,9 +42,12 @@ def stratified_split(
 
 
 def split_dataset(train: Split, test: Split, params: PrepareParams) -> dict[str, Split]:
-    """Train/val/test splits: optional stratified subset of train first, then the stratified split."""
+    """Train/val/test splits: optional stratified subsets of train and test first, then the
+    stratified train/val split."""
     if params.max_train_samples is not None:
         train = train.subset(stratified_subset(train.y, params.max_train_samples, params.seed))
+    if params.max_test_samples is not None:
+        test = test.subset(stratified_subset(test.y, params.max_test_samples, params.seed))
     train_idx, val_idx = stratified_split(train.y, params.val_fraction, params.seed)
     return {"train": train.subset(train_idx), "val": train.subset(val_idx), "test": test}
 

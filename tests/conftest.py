@@ -1,7 +1,7 @@
 """Shared fixtures: real servers and a real pipeline run, started once per test session.
 
 Heavy fixtures are session-scoped because every process that imports TensorFlow costs seconds:
-one small `dvc repro` (2,000 training images, 1 epoch) feeds the e2e, register and service tests.
+one small `dvc repro` (2,000 training and 2,000 test images, 2 epochs) feeds the e2e, register and service tests.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def set_params(workspace: Path, **overrides: object) -> None:
 
 SMALL_RUN = {
     "prepare.max_train_samples": 2000,
+    "prepare.max_test_samples": 2000,
     "train.epochs": 2,
     "train.batch_size": 32,
     "train.warmup_epochs": 0,

@@ -193,7 +193,7 @@ def test_overlapping_registers_leave_the_best_run_champion(sweep):
     # ...and the BentoML store the registers shared serves it.
     store = ws.parent / "bentoml" / "models" / "fashion-mnist-cnn"
     latest = yaml.safe_load((store / (store / "latest").read_text() / "model.yaml").read_text())
-    assert latest["labels"]["mlflow_model_version"] == champion.version
+    assert latest["labels"]["mlflow_model_version"] == str(champion.version)
     assert latest["labels"]["mlflow_run_id"] == champion.run_id
 
 

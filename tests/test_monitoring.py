@@ -39,7 +39,13 @@ from pipeline.core.prediction_log import (
     read_records,
     record_lines,
 )
-from pipeline.drift import build_report, class_drift, numeric_drift, render_html
+from pipeline.drift import (
+    build_report,
+    class_drift,
+    numeric_drift,
+    render_html,
+    write_metrics,
+)
 
 pytest_plugins = ["service_fixtures"]  # service_url, test_images, champion
 
@@ -374,6 +380,26 @@ def test_report_on_test_images_is_not_drifted(windows, pipeline_run, pipeline_en
     shown = run([str(BIN / "dvc"), "metrics", "show", str(out / "drift.json")], pipeline_run,
                 pipeline_env).stdout  # fmt: skip
     assert "features.pixel_mean.p_value" in shown
+    # The verdict for Prometheus (node_exporter's textfile collector): not drifted, 300 records.
+    verdict = drift_metrics(out / "drift.prom")
+    assert (verdict["fashion_drift_detected"], verdict["fashion_drift_records"]) == (0, 300)
+    assert abs(verdict["fashion_drift_report_timestamp_seconds"] - time.time()) < 3600
+
+
+@pytest.mark.unit
+def test_the_verdict_metric_is_absent_without_a_verdict(tmp_path):
+    for drifted, expected in ((True, 1), (False, 0), (None, None)):
+        write_metrics({"records": 12, "drifted": drifted}, tmp_path / "drift.prom", 1.7e9)
+        got = drift_metrics(tmp_path / "drift.prom")
+        assert got.get("fashion_drift_detected") == expected
+        assert got["fashion_drift_records"] == 12
+        assert got["fashion_drift_report_timestamp_seconds"] == 1.7e9
+
+
+def drift_metrics(path: Path) -> dict[str, float]:
+    """The drift report's Prometheus textfile: sample name -> value (each has one sample)."""
+    families = text_string_to_metric_families(path.read_text())
+    return {sample.name: sample.value for family in families for sample in family.samples}
 
 
 @pytest.mark.service
@@ -386,6 +412,7 @@ def test_report_on_rotated_images_names_the_shape(windows, pipeline_run, pipelin
     assert "log2_aspect" in summary["drifted_features"]
     assert not {"pixel_mean", "pixel_std", "bright_fraction"} & set(summary["drifted_features"])
     assert "DRIFTED" in (tmp_path / "drift.html").read_text()
+    assert drift_metrics(tmp_path / "drift.prom")["fashion_drift_detected"] == 1
 
 
 @pytest.mark.service
@@ -416,6 +443,30 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 def alert_rules() -> dict[str, dict]:
     groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
     return {rule["alert"]: rule for group in groups for rule in group["rules"]}
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "fashion-classifier.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+@pytest.mark.unit
+def test_the_dashboard_is_provisionable_and_covers_the_alerts():
+    """Grafana is not installable here: its queries are evaluated by the real Prometheus below."""
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "fashion-classifier.json").read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 36
+    (variable,) = dashboard["templating"]["list"]
+    assert (variable["type"], variable["query"]) == ("datasource", "prometheus")
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel["title"]
+    queries = " ".join(dashboard_queries())
+    for series in ("bentoml_service_request_total", "bentoml_service_request_duration_seconds",
+                   "fashion_predictions_total", "fashion_prediction_confidence_bucket",
+                   "fashion_low_confidence_predictions_total", "fashion_drift_detected",
+                   "fashion_prediction_records_dropped_total"):  # fmt: skip
+        assert series in queries, series
 
 
 @pytest.mark.unit
@@ -483,8 +534,16 @@ def test_prometheus_scrapes_the_service_and_evaluates_every_rule(
             assert time.monotonic() < deadline, f"Prometheus never showed {expected}: {seen}"
             time.sleep(0.5)
         assert query('up{job="fashion-classifier"}')["result"][0]["value"][1] == "1"
-        for rule in alert_rules().values():
-            query(rule["expr"])  # 200: it parses and evaluates on the scraped series
+        for expr in [rule["expr"] for rule in alert_rules().values()] + dashboard_queries():
+            query(expr)  # 200: it parses and evaluates on the scraped series
+        deadline = time.monotonic() + 60
+        while True:  # the dashboard's per-class panel, once two scrapes give a rate
+            per_class = query("sum by (class_name) (rate(fashion_predictions_total[5m]))")
+            shown = {r["metric"]["class_name"] for r in per_class["result"]}
+            if shown == set(expected):
+                break
+            assert time.monotonic() < deadline, f"per-class rates never covered {expected}: {shown}"
+            time.sleep(0.5)
         deadline = time.monotonic() + 60
         while True:
             rules = requests.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]

@@ -47,10 +47,16 @@ def test_split_dataset_with_subset():
     splits = split_dataset(
         make_split(1000),
         make_split(50, 1),
-        PrepareParams(val_fraction=0.2, max_train_samples=500, seed=0),
+        PrepareParams(val_fraction=0.2, max_train_samples=500, max_test_samples=None, seed=0),
     )
     assert {k: len(v) for k, v in splits.items()} == {"train": 400, "val": 100, "test": 50}
     check_splits(splits)
+    # A test subset too (quick runs): stratified, every class kept.
+    test = make_split(200, 1)
+    params = PrepareParams(val_fraction=0.2, max_train_samples=None, max_test_samples=30, seed=0)
+    subset = split_dataset(make_split(100), test, params)["test"]
+    assert len(subset) == 30 and np.array_equal(np.bincount(subset.y), np.full(10, 3))
+    check_splits({"test": subset})
 
 
 def test_checks_fail_on_missing_class_bad_shape_and_label():

@@ -35,6 +35,7 @@ class FetchParams(_Strict):
 class PrepareParams(_Strict):
     val_fraction: float = Field(gt=0.0, lt=1.0)
     max_train_samples: int | None = Field(gt=0)
+    max_test_samples: int | None = Field(gt=0)
     seed: int
 
 
