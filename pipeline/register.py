@@ -25,6 +25,7 @@ announced (steps.py); a killed register's leftovers are settled by the next (reg
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -199,7 +200,7 @@ def choose(
     record.previous_champion = final.champion
     if final.candidate.run_id == candidate.run_id and final.promote:
         record.decision = "promoted"
-        if final.champion != seen.champion:
+        if version_of(final.champion) != version_of(seen.champion):
             record.champion_remeasured = final.remeasured
             record.reason = f"{final.reason} (the champion changed while promoting: decided again)"
     else:
@@ -214,6 +215,10 @@ def choose(
             f"the registry changed while promoting {candidate.run_id}; decided again: {why}"
         )
     return record
+
+
+def version_of(champion: Champion | None) -> str | None:
+    return champion.version if champion else None
 
 
 def claim(client: MlflowClient, name: str) -> None:
@@ -314,7 +319,8 @@ def promote(
             return final
         client.set_registered_model_alias(name, ALIAS, version)
     except BaseException:
-        client.set_model_version_tag(name, version, PROMOTION, "failed")
+        with contextlib.suppress(Exception):  # the error that stopped it is the one to report
+            client.set_model_version_tag(name, version, PROMOTION, "failed")
         raise
     reached("alias-moved")
     client.set_model_version_tag(name, version, PROMOTION, "promoted")

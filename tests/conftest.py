@@ -30,6 +30,8 @@ def base_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    # Every dvc command otherwise forks a daemon that tries to send usage analytics (no answer here).
+    env["DVC_NO_ANALYTICS"] = "1"
     env.pop("MLFLOW_TRACKING_URI", None)
     env.update(extra)
     return env

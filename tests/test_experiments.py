@@ -14,6 +14,7 @@ import json
 import re
 import shlex
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -75,7 +76,15 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     run([*git, "commit", "-qm", "baseline"], ws, env)
     for name, lr in EXPERIMENTS.items():
         run([DVC, "exp", "run", "--queue", "-n", name, "-S", f"train.learning_rate={lr}"], ws, env)
-    run([DVC, "queue", "start", "-j", "2"], ws, env)
+    # Not through `run`: the queue's worker daemons inherit the command's stdout and stderr, and a
+    # worker that lingers after the queue is empty would keep captured pipes open (seen: the call
+    # then waits for its timeout). A log file is held harmlessly.
+    with (ws.parent / "queue-start.log").open("w") as log:
+        started = subprocess.run(
+            [DVC, "queue", "start", "-j", "2"], cwd=ws, env=env, stdout=log,
+            stderr=subprocess.STDOUT, timeout=300,
+        )  # fmt: skip
+    assert started.returncode == 0, (ws.parent / "queue-start.log").read_text()
     status = wait_for_queue(ws, env)
     assert status.count("Success") == len(EXPERIMENTS), status
     return ws, env
