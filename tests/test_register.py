@@ -373,7 +373,7 @@ def test_a_register_is_known_gone_only_on_its_own_host():
     me = this_process()
     host, pid, start = me.rsplit(":", 2)
     assert process_gone(me) is False
-    assert process_gone(f"{host}:{pid}:{int(start) + 1}") is True  # the pid, reused
+    assert process_gone(f"{host}:{pid}:{float(start) + 1}") is True  # the pid, reused
     assert process_gone(f"{host}:999999999:1") is True
     assert process_gone(f"elsewhere.example:{pid}:{start}") is None  # cannot tell from here
 

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlparse
 
 import mlflow
 import pandas as pd
+import psutil
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
@@ -146,8 +147,7 @@ def checked_artifact(run_id: str, artifact: str, expected_sha256: str, dest: Pat
 
 def this_process() -> str:
     """host:pid:start-time, naming this register process uniquely (a pid alone gets reused)."""
-    start = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    return f"{socket.gethostname()}:{os.getpid()}:{start}"
+    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time()}"
 
 
 def process_gone(owner: str) -> bool | None:
@@ -156,10 +156,9 @@ def process_gone(owner: str) -> bool | None:
     if host != socket.gethostname():
         return None
     try:
-        now = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (FileNotFoundError, ProcessLookupError):
+        return str(psutil.Process(int(pid)).create_time()) != start
+    except psutil.NoSuchProcess:
         return True
-    return now != start
 
 
 def repair(client: MlflowClient, name: str, locked: bool) -> list[str]:
