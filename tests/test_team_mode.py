@@ -112,20 +112,21 @@ def s3(tmp_path_factory) -> str:
     url = f"http://127.0.0.1:{port}"
     cmd = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
     proc = start_server(cmd, root, base_env(**S3_KEYS), root / "moto.log", f"{url}/moto-api/", 60)
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", **s3_credentials())
+    client = s3_client(url)
     for bucket in BUCKETS:
         client.create_bucket(Bucket=bucket)
     yield url
     stop(proc)
 
 
-def s3_credentials() -> dict[str, str]:
-    return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+def s3_client(url: str):
+    """boto3's client of the S3 API at `url`, with S3_KEYS as its credentials."""
+    keys = {key.lower(): value for key, value in S3_KEYS.items()}  # aws_access_key_id=...
+    return boto3.client("s3", endpoint_url=url, region_name="us-east-1", **keys)
 
 
 def s3_keys(url: str, bucket: str) -> list[str]:
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", **s3_credentials())
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    pages = s3_client(url).get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
