@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 UV_VERSION := 0.13.8
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test tour setup system-data system-test lint format lock serve build monitor docs bench-train bench-serve bench-monitoring load-test
+.PHONY: repro test tour setup system-data system-test lint format lock serve build deploy-check monitor docs bench-train bench-serve bench-monitoring load-test
 
 repro: setup system-data  ## set everything up, then run the whole pipeline on the default params
 	dvc repro
@@ -50,6 +50,14 @@ serve:  ## serve the MLflow @champion on http://localhost:3000 (imported into Be
 
 build:  ## package the service and the champion model as a Bento
 	bentoml build
+
+# With no @champion yet (a fresh clone), the tour trains and promotes its small model first.
+deploy-check: setup system-data  ## build the image, play deploy/k8s with podman, check it (docs/deploy.md)
+	@served=$$(python -m pipeline.register --import-only) && echo "$$served" && \
+	if [[ $$served == *"serving nothing"* ]]; then \
+	  echo "deploy-check: no @champion yet; make tour trains and promotes a small model first"; \
+	  $(MAKE) tour && python -m pipeline.register --import-only; fi
+	python benchmarks/deploy_check.py
 
 docs: setup  ## build the documentation site into site/
 	mkdocs build --strict

@@ -167,6 +167,31 @@ def load_table(section: dict) -> list[str]:
     return lines
 
 
+def deploy_table(section: dict) -> list[str]:
+    f = section["figures"]
+    load = f["load"]
+    limit = f["checks"]["memory under limit"]["limit_mb"]
+    return [
+        f"{f['podman']}, image `{f['image']}`. Ready: seconds from `podman kube play` to the "
+        f"first 200 on /readyz, for each of {len(f['ready_seconds'])} plays. Memory: the "
+        "container's cgroup usage (what its limit counts), idle and after "
+        f"{load['requests']:,} requests at concurrency {load['concurrency']} "
+        f"({load['requests_per_s']:,.0f} req/s, p99 {load['p99_ms']:.0f} ms, "
+        f"{load['server_errors']} 5xx).",
+        "",
+        "| image MB | ready s | startup probe allows s | memory idle MB | after load MB "
+        "| limit MB | failed checks |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {f['size_mb']:,.0f} | {' / '.join(f'{s:.1f}' for s in f['ready_seconds'])} "
+        f"| {f['startup_allowance_seconds']} | {f['memory_idle_mb']:,.0f} "
+        f"| {f['memory_after_load_mb']:,.0f} | {limit:,.0f} | {len(f['failures'])} |",
+        "",
+        "| image layer MB | holds |",
+        "|---:|---|",
+        *(f"| {layer['mb']:,.1f} | {layer['step']} |" for layer in f["layers"]),
+    ]
+
+
 # table name -> (benchmark section, generator)
 TABLES: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "train": ("train", train_table),
@@ -174,6 +199,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "serve-runtimes": ("serve", runtimes_table),
     "monitoring": ("monitoring", monitoring_table),
     "load": ("load", load_table),
+    "deploy": ("deploy", deploy_table),
 }
 
 

@@ -1,7 +1,7 @@
 """The one format of measured numbers: `benchmarks/results/<YYYY-MM-DD>-<machine>.json`.
 
 A file holds what one machine measured on one day (UTC): `machine` (CPU model, vector extensions,
-CPUs, RAM) and one section per benchmark (`train`, `serve`, `monitoring`, `load`), each with when
+CPUs, RAM) and one section per benchmark (`train`, `serve`, `monitoring`, `load`, `deploy`), each with when
 it ran, the 1-minute load average at its start and end (other work competes with it), the command,
 the models it measured (SHA-256 of the model file, and what model that is) and its figures. A
 benchmark run replaces its own section in that day's file for this machine and leaves the others;
@@ -26,7 +26,7 @@ from pipeline.core.inference import file_sha256
 from pipeline.core.params import flatten
 
 FORMAT = 1
-SECTIONS = ("train", "serve", "monitoring", "load")
+SECTIONS = ("train", "serve", "monitoring", "load", "deploy")
 # Where the benchmarks write, in the checkout the harness is installed from (`pip install -e .`).
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 FILE_PATTERN = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]-*.json"

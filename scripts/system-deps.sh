@@ -6,7 +6,8 @@
 #         readable screenshots) for the browser tests of the service's /ui page (tests/test_ui.py:
 #         Playwright drives this system browser; its own browser download is not used), and
 #         Prometheus (promtool tests of deploy/prometheus/alerts.yml; a real server scrapes the
-#         service; installing the package starts no service where systemd does not run).
+#         service) and node_exporter (serves make monitor's drift.prom to it); installing these
+#         starts no service where systemd does not run.
 set -euo pipefail
 DATASET_DIR=/usr/share/datasets/fashion-mnist
 MIRROR=https://storage.googleapis.com/tensorflow/tf-keras-datasets/train-labels-idx1-ubyte.gz
@@ -37,8 +38,9 @@ case "${1:-}" in
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
     command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core)
     command -v promtool >/dev/null || missing+=(prometheus)
+    command -v prometheus-node-exporter >/dev/null || missing+=(prometheus-node-exporter)
     [ ${#missing[@]} -eq 0 ] && exit 0
-    echo "system-deps: installing ${missing[*]} (shared-tracking tests; browser tests of /ui; alert rules)"
+    echo "system-deps: installing ${missing[*]} (shared-tracking tests; browser tests of /ui; alert rules and the drift verdict)"
     apt_install "${missing[@]}"
     ;;
   *)

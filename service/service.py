@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -71,7 +70,9 @@ serve = settings.serve_params()
 
 
 @bentoml.service(
-    name="fashion_classifier", workers=serve.workers, traffic={"timeout": serve.request_timeout_s}
+    name="fashion_classifier",
+    workers=settings.workers(),
+    traffic={"timeout": serve.request_timeout_s},
 )
 @bentoml.asgi_app(metadata_app, path="/")
 class FashionClassifier:
@@ -82,9 +83,8 @@ class FashionClassifier:
 
         if serve.max_images_per_request > MAX_BATCH:
             raise ValueError(f"serve.max_images_per_request must be at most {MAX_BATCH}")
-        workers = (os.cpu_count() or 1) if serve.workers == "cpu_count" else serve.workers
         # The CPUs shared out between the workers: more model threads than CPUs only contend.
-        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        threads = max(1, settings.cpus() // settings.workers())
         info = self.bento_model.info
         if altered := altered_files(Path(self.bento_model.path), info.labels, info.metadata):
             raise RuntimeError(  # an interrupted import: never serve it

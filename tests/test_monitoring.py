@@ -495,13 +495,29 @@ def test_every_alert_fires_on_its_case_and_stays_silent_on_normal_traffic():
 def test_prometheus_scrapes_the_service_and_evaluates_every_rule(
     service_url, test_images, tmp_path
 ):
-    """The shipped scrape config, pointed at the session's service: after known traffic,
-    Prometheus's API gives the per-class counts sent, and every alert expression evaluates."""
+    """The shipped scrape config, pointed at the session's service and at a node_exporter reading
+    a drifted verdict written by `write_metrics`: after known traffic, Prometheus's API gives the
+    per-class counts sent, every alert expression evaluates, and the drift alert fires."""
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(PROMETHEUS / "alerts.yml")]
-    (job,) = config["scrape_configs"]
-    job["static_configs"] = [{"targets": [service_url.removeprefix("http://")]}]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"fashion-classifier", "drift-report"}
+    jobs["fashion-classifier"]["static_configs"] = [
+        {"targets": [service_url.removeprefix("http://")]}
+    ]
+    textfiles = tmp_path / "monitor"
+    textfiles.mkdir()
+    write_metrics({"records": 500, "drifted": True}, textfiles / "drift.prom", time.time())
+    exporter_port = free_port()
+    exporter = start_server(
+        [shutil.which("prometheus-node-exporter") or "prometheus-node-exporter",
+         f"--web.listen-address=127.0.0.1:{exporter_port}", "--collector.disable-defaults",
+         "--collector.textfile", f"--collector.textfile.directory={textfiles}"],
+        tmp_path, base_env(), tmp_path / "node-exporter.log",
+        f"http://127.0.0.1:{exporter_port}/metrics", 60,
+    )  # fmt: skip
+    jobs["drift-report"]["static_configs"] = [{"targets": [f"127.0.0.1:{exporter_port}"]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -509,9 +525,13 @@ def test_prometheus_scrapes_the_service_and_evaluates_every_rule(
         shutil.which("prometheus") or "prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
     ]  # fmt: skip
-    proc = start_server(
-        cmd, tmp_path, base_env(), tmp_path / "prometheus.log", f"{url}/-/ready", 60
-    )
+    try:
+        proc = start_server(
+            cmd, tmp_path, base_env(), tmp_path / "prometheus.log", f"{url}/-/ready", 60
+        )
+    except BaseException:
+        stop(exporter)
+        raise
     try:
         x, _ = test_images
         before = class_counts(service_url)
@@ -552,5 +572,15 @@ def test_prometheus_scrapes_the_service_and_evaluates_every_rule(
                 break
             assert time.monotonic() < deadline, f"rules never all evaluated ok: {health}"
             time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while True:  # make monitor's verdict, through node_exporter, fires the drift alert
+            alerts = requests.get(f"{url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+            firing = {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
+            if "FashionTrafficDrifted" in firing:
+                break
+            assert time.monotonic() < deadline, f"FashionTrafficDrifted never fired: {alerts}"
+            time.sleep(0.5)
+        assert "FashionDriftReportStale" not in firing  # the report just ran
     finally:
         stop(proc)
+        stop(exporter)
