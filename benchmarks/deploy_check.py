@@ -90,10 +90,9 @@ def probe_results(base: str, container: dict, ports: dict[str, int]) -> dict[str
     found = {}
     for name in PROBES:
         probe = container[name]["httpGet"]
-        port = ports.get(probe["port"], probe["port"])
+        if ports.get(probe["port"], probe["port"]) != ports["http"]:
+            raise ValueError(f"{name} asks port {probe['port']}; only the http port is published")
         found[name] = http_status(f"{base}{probe['path']}", container[name]["timeoutSeconds"])
-        if port != ports["http"]:
-            raise ValueError(f"{name} asks port {port}; only the http port is published")
     return found
 
 
@@ -120,6 +119,12 @@ def build_image() -> tuple[str, str, float]:
     return tag, f"localhost/{tag}", time.monotonic() - began
 
 
+def shown_mb(shown: str) -> float:
+    """A size as podman shows it (`588 MB`, `7.68 kB`, `1.24GB`) in MB."""
+    number, unit = re.match(r"\s*([\d.]+)\s*([kMG]?B)", shown).groups()
+    return float(number) * {"B": 1e-6, "kB": 1e-3, "MB": 1, "GB": 1e3}[unit]
+
+
 def image_figures(image: str) -> dict:
     """Size of the image and of its layers of 1 MB or more, with the step that made each."""
     size = json.loads(run(["podman", "image", "inspect", image]).stdout)[0]["Size"]
@@ -129,9 +134,7 @@ def image_figures(image: str) -> dict:
     layers = []
     for line in history.stdout.splitlines():
         shown, step = line.split("\t", 1)
-        number, unit = re.match(r"([\d.]+)\s*([kMG]?B)", shown).groups()
-        mb = float(number) * {"B": 1e-6, "kB": 1e-3, "MB": 1, "GB": 1e3}[unit]
-        if mb >= 1:
+        if (mb := shown_mb(shown)) >= 1:
             layers.append({"mb": round(mb, 1), "step": layer_name(step)})
     return {"image": image, "size_mb": round(size / 1e6, 1), "layers": layers}
 
@@ -182,9 +185,7 @@ class Pod:
         """What the memory limit counts: the container's cgroup usage, page cache included."""
         out = run(["podman", "stats", "--no-stream", "--format", "json", self.container]).stdout
         (stats,) = json.loads(out)
-        used = stats["mem_usage"].split("/")[0].strip()
-        number, unit = re.match(r"([\d.]+)\s*([kMG]?B)", used).groups()
-        return round(float(number) * {"B": 1e-6, "kB": 1e-3, "MB": 1, "GB": 1e3}[unit], 1)
+        return round(shown_mb(stats["mem_usage"].split("/")[0]), 1)
 
     def volume_dir(self, name: str) -> Path:
         out = run(["podman", "volume", "inspect", "--format", "{{.Mountpoint}}", name]).stdout
