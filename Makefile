@@ -42,7 +42,7 @@ format:
 
 lock:  ## re-resolve requirements.lock (everything) and requirements-serve.lock (the Bento's image) from pyproject.toml
 	uv pip compile pyproject.toml --all-extras --python-version 3.11 -o requirements.lock
-	uv pip compile pyproject.toml --extra serve --python-version 3.11 -c requirements.lock -o requirements-serve.lock
+	uv pip compile pyproject.toml --extra serve --python-version 3.11 -c requirements.lock --generate-hashes -o requirements-serve.lock
 
 serve:  ## serve the MLflow @champion on http://localhost:3000 (imported into BentoML if missing)
 	python -m pipeline.register --import-only

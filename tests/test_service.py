@@ -321,11 +321,16 @@ def test_any_upload_is_decoded_or_refused_with_a_4xx(data):
 @pytest.mark.unit
 def test_the_serving_lock_is_requirements_lock_cut_to_what_the_service_needs():
     def pins(path: Path) -> dict[str, str]:
-        lines = path.read_text().splitlines()
-        return dict(line.split("==", 1) for line in lines if "==" in line and line[0].isalnum())
+        return dict(re.findall(r"^([\w.-]+)==([^\s\\]+)", path.read_text(), re.M))
 
     locked, serving = pins(REPO / "requirements.lock"), pins(REPO / "requirements-serve.lock")
     assert {name: locked.get(name) for name in serving} == serving  # same version everywhere
+    # every package of the image with the SHA-256 of its files: a changed upload fails the build
+    entries = re.split(
+        r"^(?=[\w.-]+==)", (REPO / "requirements-serve.lock").read_text(), flags=re.M
+    )
+    unhashed = [e.split()[0] for e in entries[1:] if "--hash=sha256:" not in e]
+    assert len(entries) - 1 == len(serving) and not unhashed, unhashed
     assert {"bentoml", "onnxruntime", "numpy", "pillow", "pydantic", "pyyaml", "fastapi"} <= set(
         serving
     )
