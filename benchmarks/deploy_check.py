@@ -4,7 +4,8 @@
 `bentoml build` (the Bento of bentofile.yaml), `bentoml containerize --backend podman` (the image
 users build with Docker), then `--plays` times: play the rendered manifests (harness/manifests.py:
 the kustomization's objects with the built image, one replica, the HTTP port on a host port),
-wait for /readyz, tear the pod down. The last play is checked:
+wait for /readyz, tear the pod down. The last play is checked (harness/pod_checks.py, one named
+check per promise):
 
 - the pod is ready within its startup probe's allowance, and every probe of the Deployment
   (startup, readiness, liveness) answers as the kubelet asks it (HTTP GET from outside the pod,
@@ -16,7 +17,7 @@ wait for /readyz, tear the pod down. The last play is checked:
 - one worker process per requested CPU;
 - /predict answers with the champion's probabilities (the model in the local store, run here);
 - each predicted image is recorded in the records volume;
-- under load (harness/load.py: good and bad requests) every good request gets 200, every bad
+- under load (harness/load_mix.py: good and bad requests) every good request gets 200, every bad
   one a 4xx, none a 5xx, memory grows at most 10% after warm-up, every probe still passes, and
   the container's memory stays under its limit.
 
@@ -29,33 +30,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 import bentoml
 import numpy as np
 import yaml
 
-from harness.load import load_test, sample_images
+from harness.load_mix import LoadTest, sample_images
 from harness.manifests import containers, find, for_podman, render
 from harness.models import bento_model
+from harness.pod_checks import Scene, failures, http_status, run_checks, startup_allowance_s
 from harness.results import RESULTS_DIR, Measurement
 from harness.servers import free_port
+from pipeline.core.inference import OnnxClassifier
 from pipeline.core.params import load_params
 from service import settings
-
-PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
 
 def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
@@ -66,17 +61,6 @@ def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
     return done
 
 
-def http_status(url: str, timeout: float) -> int:
-    """The status a GET gets; 0 when nothing answered within `timeout`."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except OSError:
-        return 0
-
-
 def wait_ready(url: str, deadline_s: float) -> float:
     """Seconds until `url` answers 200; TimeoutError after `deadline_s`."""
     began = time.monotonic()
@@ -85,31 +69,6 @@ def wait_ready(url: str, deadline_s: float) -> float:
             return time.monotonic() - began
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer 200 within {deadline_s:.0f} s")
-
-
-def probe_results(base: str, container: dict, ports: dict[str, int]) -> dict[str, int]:
-    """Each probe's HTTP status, asked the way the kubelet asks it (path, port, timeout)."""
-    found = {}
-    for name in PROBES:
-        probe = container[name]["httpGet"]
-        if ports.get(probe["port"], probe["port"]) != ports["http"]:
-            raise ValueError(f"{name} asks port {probe['port']}; only the http port is published")
-        found[name] = http_status(f"{base}{probe['path']}", container[name]["timeoutSeconds"])
-    return found
-
-
-def probe_while(done: threading.Event, base: str, container: dict, ports: dict) -> dict:
-    """Every probe asked once a second until `done`: the worst status each got (0: no answer
-    within its timeout), and how many times each was asked."""
-    worst: dict[str, int] = {}
-    rounds = 0
-    while not done.wait(1.0):
-        rounds += 1
-        for name, status in probe_results(base, container, ports).items():
-            good = 200 <= status < 400
-            if name not in worst or (200 <= worst[name] < 400 and not good):
-                worst[name] = status
-    return {**worst, "rounds": rounds}
 
 
 def build_image() -> tuple[str, str, float]:
@@ -143,7 +102,7 @@ def image_figures(image: str) -> dict:
 
 LAYERS = (  # what made a layer of BentoML's generated Dockerfile, by its command
     (r"#\(nop\) ADD file:", "the base image (python:3.11-slim)"),
-    (r"apt-get install", "BentoML's default system packages (apt-get: build-essential, git, ...)"),
+    (r"apt-get install", "system packages (apt-get install)"),
     (r"pip install uv", "uv (BentoML installs the Python packages with it)"),
     (r"requirements\.txt", "Python packages: requirements-serve.lock"),
     (r"#\(nop\) COPY dir:", "the Bento: service code, params.yaml, the model"),
@@ -152,8 +111,8 @@ LAYERS = (  # what made a layer of BentoML's generated Dockerfile, by its comman
 
 def layer_name(step: str) -> str:
     """What an image layer holds, in words, from the Dockerfile step that made it."""
-    return next((name for pattern, name in LAYERS if re.search(pattern, step)),
-                step.replace("|", "/")[:80])  # fmt: skip
+    named = (name for pattern, name in LAYERS if re.search(pattern, step))
+    return next(named, step.replace("|", "/")[:80])
 
 
 class Pod:
@@ -177,8 +136,12 @@ class Pod:
             subprocess.run(["podman", "volume", "rm", "--force", volume], capture_output=True)
 
     def exec(self, *cmd: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["podman", "exec", self.container, *cmd], capture_output=True,
-                              text=True)  # fmt: skip
+        argv = ["podman", "exec", self.container, *cmd]
+        return subprocess.run(argv, capture_output=True, text=True)
+
+    def top(self) -> list[str]:
+        """The container's processes: user and command line, one line each."""
+        return run(["podman", "top", self.container, "user", "args"]).stdout.splitlines()[1:]
 
     def host_pid(self) -> int:
         return int(run(["podman", "inspect", "--format", "{{.State.Pid}}", self.container]).stdout)
@@ -194,114 +157,28 @@ class Pod:
         return Path(out.strip())
 
 
-def quantity_mb(quantity: str) -> float:
-    """A Kubernetes memory quantity (`768Mi`, `2Gi`, `1G`) in MB."""
-    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]i?)?", quantity).groups()
-    scale = {None: 1, "K": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}[unit]
-    return float(number) * scale / 1e6
-
-
-def cpu_request(quantity: str) -> float:
-    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
-
-
-def checks(pod: Pod, base: str, images: np.ndarray, records_volume: str) -> tuple[dict, dict]:
-    """Everything the Deployment promises, checked on the running pod: (checks, figures)."""
-    from pipeline.core.inference import OnnxClassifier
-
-    spec, found, figures = pod.spec, {}, {}
-    ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
-    found["probes idle"] = probe_results(base, spec, ports)
-
-    users = run(["podman", "top", pod.container, "user", "args"]).stdout.splitlines()[1:]
-    uid = pod.exec("id", "-u").stdout.strip()
-    found["no root process"] = {"users": sorted({u.split()[0] for u in users}), "uid": uid}
-    write = pod.exec("touch", "/home/bentoml/bento/written")
-    found["read-only root"] = write.stderr.strip()
-    status = pod.exec("grep", "-E", "NoNewPrivs|CapEff", "/proc/1/status").stdout
-    found["no privilege escalation"] = dict(re.findall(r"(\w+):\s+(\w+)", status))
-    workers = [u for u in users if "_bentoml_impl.worker" in u]
-    requested = cpu_request(spec["resources"]["requests"]["cpu"])
-    found["workers"] = {"processes": len(workers), "cpu_request": requested}
-
-    # /predict: the champion's answers (the model of the local store, run here)
+def champion(images: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The champion's probabilities for `images`, run here (the model of the local store), and
+    the class names they are in the order of."""
     model = bentoml.models.get(settings.model_tag())
     expected = OnnxClassifier(model.path_of("model.onnx")).predict_proba(images)
-    serve = load_params().serve
-    max_images = serve.max_images_per_request
-    got = []
-    for start in range(0, len(images), max_images):
-        body = json.dumps({"images": images[start : start + max_images].tolist()}).encode()
-        request = urllib.request.Request(
-            f"{base}/predict", body, {"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            answers = json.load(resp)["predictions"]
-        got += [[a["probabilities"][name] for name in model.info.metadata["class_names"]]
-                for a in answers]  # fmt: skip
-    diff = float(np.abs(np.asarray(got) - expected).max())
-    same = int((np.argmax(got, axis=1) == expected.argmax(axis=1)).sum())
-    found["/predict"] = {"images": len(images), "same class": same, "max prob diff": diff}
-
-    folder = pod.volume_dir(records_volume)
-    deadline, recorded = time.monotonic() + 30, 0
-    while time.monotonic() < deadline:
-        recorded = sum(len(f.read_text().splitlines()) for f in folder.glob("predictions-*.jsonl"))
-        if recorded >= len(images):
-            break
-        time.sleep(0.2)
-    found["records on the volume"] = {"sent": len(images), "recorded": recorded,
-                                      "files": sorted(f.name for f in folder.iterdir())}  # fmt: skip
-
-    figures["memory_idle_mb"] = pod.memory_mb()
-    with ThreadPoolExecutor(1) as pool:  # the probes, asked every second while the load runs
-        loading = threading.Event()
-        asked = pool.submit(probe_while, loading, base, spec, ports)
-        try:
-            report = load_test(base, images, 2000, 16, 0.1, serve.max_images_per_request,
-                               serve.max_upload_bytes, pod.host_pid(),
-                               warmup_seconds=serve.request_timeout_s + 2)  # fmt: skip
-        finally:
-            loading.set()
-        found["probes under load"] = asked.result()
-    # good requests not 200, bad ones not 4xx, any 5xx, memory growth after warm-up over 10%
-    found["load"] = {"failures": report.failures}
-    figures["memory_after_load_mb"] = pod.memory_mb()
-    figures["load"] = {k: v for k, v in asdict(report).items() if k != "failures"}
-    limit = quantity_mb(spec["resources"]["limits"]["memory"])
-    found["memory under limit"] = {"used_mb": figures["memory_after_load_mb"], "limit_mb": limit}
-    return found, figures
+    return expected, model.info.metadata["class_names"]
 
 
-def failures(found: dict, limit_s: float, ready_s: float) -> list[str]:
-    """What of `found` breaks a promise of the Deployment."""
-    bad = []
-    if ready_s > limit_s:
-        bad.append(f"ready after {ready_s:.1f} s, beyond the startup probe's {limit_s:.0f} s")
-    for when in ("probes idle", "probes under load"):
-        probes = {k: v for k, v in found[when].items() if k in PROBES}
-        bad += [f"{name} ({when}) got {s}" for name, s in probes.items() if not 200 <= s < 400]
-        if len(probes) != len(PROBES):
-            bad.append(f"probes {when}: not every probe was asked ({found[when]})")
-    if "root" in found["no root process"]["users"] or found["no root process"]["uid"] == "0":
-        bad.append(f"a process runs as root: {found['no root process']}")
-    if "Read-only file system" not in found["read-only root"]:
-        bad.append(f"the root filesystem took a write: {found['read-only root']!r}")
-    if found["no privilege escalation"] != {"NoNewPrivs": "1", "CapEff": "0000000000000000"}:
-        bad.append(f"privileges left: {found['no privilege escalation']}")
-    workers = found["workers"]
-    if workers["processes"] != math.ceil(workers["cpu_request"]):
-        bad.append(f"{workers['processes']} workers for a request of {workers['cpu_request']} CPUs")
-    predict = found["/predict"]
-    if predict["same class"] != predict["images"] or predict["max prob diff"] > 1e-5:
-        bad.append(f"/predict differs from the champion run here: {predict}")
-    if found["records on the volume"]["recorded"] < found["records on the volume"]["sent"]:
-        bad.append(f"records missing on the volume: {found['records on the volume']}")
-    bad += [f"under load: {failure}" for failure in found["load"]["failures"]]
-    memory = found["memory under limit"]
-    if memory["used_mb"] >= memory["limit_mb"]:
-        bad.append(f"memory {memory['used_mb']} MB reached the limit {memory['limit_mb']:.0f} MB")
-    return bad
+def play(pod: Pod, base: str, plays: int) -> list[float]:
+    """Play the pod `plays` times, each timed to ready and torn down but the last: the seconds
+    from `podman kube play` to the first 200 on /readyz."""
+    allowance = startup_allowance_s(pod.spec)
+    ready = []
+    for n in range(plays):
+        began = time.monotonic()
+        pod.play()
+        waited = wait_ready(f"{base}/readyz", allowance * 2)
+        ready.append(round(time.monotonic() - began + waited, 2))
+        print(f"play {n + 1}: ready {ready[-1]} s after `podman kube play`")
+        if n < plays - 1:
+            pod.down()
+    return ready
 
 
 def main() -> None:
@@ -339,35 +216,29 @@ def main() -> None:
     docs = for_podman(render(), image, port)
     base = f"http://127.0.0.1:{port}"
     (claim,) = [d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    images = sample_images(256)
+    expected, class_names = champion(images)
+    load = LoadTest.for_service(load_params().serve, 2000, concurrency=16, bad_fraction=0.1)
     with tempfile.TemporaryDirectory() as tmp:
         pod = Pod(docs, Path(tmp))
-        startup = pod.spec["startupProbe"]
-        limit_s = startup["periodSeconds"] * startup["failureThreshold"]
-        ready = []
         try:
-            for play in range(args.plays):
-                began = time.monotonic()
-                pod.play()
-                ready.append(
-                    round(time.monotonic() - began + wait_ready(f"{base}/readyz", limit_s * 2), 2)
-                )
-                print(f"play {play + 1}: ready {ready[-1]} s after `podman kube play`")
-                if play < args.plays - 1:
-                    pod.down()
-            found, measured = checks(pod, base, sample_images(256), claim)
+            ready = play(pod, base, args.plays)
+            scene = Scene(pod, base, images, expected, class_names, claim, max(ready), load)
+            verdicts = run_checks(scene)
+            figures |= scene.figures()
         finally:
             pod.down()
-    figures |= measured | {"ready_seconds": ready, "startup_allowance_seconds": limit_s,
-                           "checks": found}  # fmt: skip
-    bad = failures(found, limit_s, max(ready))
-    figures["failures"] = bad
+    allowance = startup_allowance_s(pod.spec)
+    found = {name: verdict.found for name, verdict in verdicts.items()}
+    bad = failures(verdicts)
+    figures |= {"ready_seconds": ready, "startup_allowance_seconds": allowance}
+    figures |= {"checks": found, "failures": bad}
     print(f"image {image}: {figures['size_mb']:,.0f} MB")
     for layer in figures["layers"]:
         print(f"  {layer['mb']:>8,.1f} MB  {layer['step'][:90]}")
-    print(f"ready after play (s): {ready}; startup probe allows {limit_s} s")
-    print(
-        f"memory MB: idle {figures['memory_idle_mb']}, after load {figures['memory_after_load_mb']}"
-    )
+    print(f"ready after play (s): {ready}; startup probe allows {allowance} s")
+    idle, loaded = figures["memory_idle_mb"], figures["memory_after_load_mb"]
+    print(f"memory MB: idle {idle}, after load {loaded}")
     for name, value in found.items():
         print(f"{name:<24} {value}")
     out = measurement.record([model], figures, args.results)

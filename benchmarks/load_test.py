@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.load import load_test
+from harness.load_mix import LoadTest, load_test
 from harness.models import bento_model
 from harness.results import RESULTS_DIR, Measurement
 from harness.servers import free_port, start_server, stop
@@ -41,8 +41,12 @@ def main() -> None:
     parser.add_argument("--bad-fraction", type=float, default=0.10)
     parser.add_argument("--data", type=Path, default=Path("data/prepared/test.npz"))
     parser.add_argument("--model", help="BentoML tag the server serves (default: the service's)")
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR,
-                        help="directory of the result files (harness/results.py)")  # fmt: skip
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_DIR,
+        help="directory of the result files (harness/results.py)",
+    )
     args = parser.parse_args()
     measurement = Measurement("load")
     serve = load_params().serve
@@ -52,25 +56,16 @@ def main() -> None:
     proc = None
     url, pid = args.url, args.pid
     if url is None:
-        url = f"http://127.0.0.1:{free_port()}"
-        cmd = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1",
-               "--port", url.rsplit(":", 1)[1]]  # fmt: skip
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)]
         log = args.results / "logs" / "load-serve.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         proc = start_server(cmd, Path.cwd(), dict(os.environ), log, f"{url}/readyz", 240)
         pid = proc.pid
+    test = LoadTest.for_service(serve, args.requests, args.concurrency, args.bad_fraction)
     try:
-        report = load_test(
-            url,
-            images,
-            args.requests,
-            args.concurrency,
-            args.bad_fraction,
-            serve.max_images_per_request,
-            serve.max_upload_bytes,
-            pid,
-            warmup_seconds=serve.request_timeout_s + 2,
-        )
+        report = load_test(url, images, test, pid)
     finally:
         if proc is not None:
             stop(proc)
@@ -94,9 +89,13 @@ def main() -> None:
         print(f"{name:<26} {value}")
     for name, count in report.status_counts.items():
         print(f"  {name:<40} {count}")
-    figures = {**asdict(report), "bad_fraction": args.bad_fraction,
-               "warmup_seconds": serve.request_timeout_s + 2,
-               "server": "bentoml serve (started here)" if proc else url}  # fmt: skip
+    server = "bentoml serve (started here)" if proc else url
+    figures = {
+        **asdict(report),
+        "bad_fraction": test.bad_fraction,
+        "warmup_seconds": test.warmup_seconds,
+        "server": server,
+    }
     out = measurement.record([model], figures, args.results)
     print(f"wrote {out}")
     if not report.ok:

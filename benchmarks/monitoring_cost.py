@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -26,7 +25,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from harness.load import closed_loop, sample_images
+from harness.load import Request, Summary, closed_loop
+from harness.load_mix import predict_request, sample_images
 from harness.machine import cpu_model
 from harness.models import bento_model
 from harness.results import RESULTS_DIR, Measurement
@@ -52,35 +52,51 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def measure(port: int, pid: int, body: bytes, seconds: float) -> dict:
-    url = f"http://127.0.0.1:{port}/predict"
+def measure(port: int, pid: int, request: Request, seconds: float) -> dict:
+    url = f"http://127.0.0.1:{port}"
     # warm-up to a steady state
-    asyncio.run(closed_loop(url, body, "application/json", 32, seconds, 0))
+    asyncio.run(closed_loop(url, [request], 32, seconds))
     before = tree_cpu_seconds(pid)
-    loaded = asyncio.run(closed_loop(url, body, "application/json", 32, seconds, 0))
+    loaded = Summary.of(asyncio.run(closed_loop(url, [request], 32, seconds)))
     cpu = tree_cpu_seconds(pid) - before
-    alone = asyncio.run(closed_loop(url, body, "application/json", 1, seconds / 2, 1))
+    alone = Summary.of(asyncio.run(closed_loop(url, [request], 1, seconds / 2, warmup=1)))
     return {
-        "rps_c32": loaded["rps"],
-        "p50_ms_c1": alone["p50_ms"],
-        "server_cpu_ms_per_request": 1000 * cpu / loaded["requests"],
-        "errors": loaded["errors"] + alone["errors"],
+        "rps_c32": loaded.requests_per_s,
+        "p50_ms_c1": alone.p50_ms,
+        "server_cpu_ms_per_request": 1000 * cpu / loaded.requests,
+        "errors": loaded.good_not_200 + alone.good_not_200,
     }
+
+
+def round_line(row: dict) -> str:
+    """One round's figures on a line."""
+    return (
+        f"round {row['round']} recording={row['recording']!s:<5} {row['rps_c32']:7.0f} req/s  "
+        f"p50 {row['p50_ms_c1']:.2f} ms  {row['server_cpu_ms_per_request']:.3f} CPU ms/request"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--data", type=Path, default=ROOT / "data" / "prepared" / "test.npz",
-                        help="test images to send (random pixels if missing)")  # fmt: skip
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR,
-                        help="directory of the result files (harness/results.py)")  # fmt: skip
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / "data" / "prepared" / "test.npz",
+        help="test images to send (random pixels if missing)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_DIR,
+        help="directory of the result files (harness/results.py)",
+    )
     args = parser.parse_args()
     measurement = Measurement("monitoring")
     (args.results / "logs").mkdir(parents=True, exist_ok=True)
     served = bento_model(settings.model_tag(), tracking_uri())
-    body = json.dumps({"images": [sample_images(1, args.data)[0].tolist()]}).encode()
+    request = predict_request(sample_images(1, args.data))
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for enabled in (True, False):
@@ -96,22 +112,20 @@ def main() -> None:
                     "FASHION_MNIST_PARAMS": str(Path(tmp) / f"params-{enabled}.yaml"),
                     "FASHION_MNIST_MONITORING_DIR": str(Path(tmp) / "records"),
                 }
-                cmd = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1",
-                       "--port", str(port)]  # fmt: skip
+                cmd = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1"]
+                cmd += ["--port", str(port)]
                 log = args.results / "logs" / f"monitoring-recording-{enabled}.log"
                 proc = start_server(cmd, ROOT, env, log, f"http://127.0.0.1:{port}/readyz", 300)
                 try:
                     row = {
                         "round": r,
                         "recording": enabled,
-                        **measure(port, proc.pid, body, args.seconds),
+                        **measure(port, proc.pid, request, args.seconds),
                     }
                 finally:
                     stop(proc)
                 rows.append(row)
-                print(f"round {r} recording={enabled!s:<5} {row['rps_c32']:7.0f} req/s  "
-                      f"p50 {row['p50_ms_c1']:.2f} ms  {row['server_cpu_ms_per_request']:.3f} "
-                      f"CPU ms/request", flush=True)  # fmt: skip
+                print(round_line(row), flush=True)
 
     def median(key: str, enabled: bool) -> float:
         return statistics.median(r[key] for r in rows if r["recording"] is enabled)
@@ -124,11 +138,16 @@ def main() -> None:
     for k in keys:
         on, off = summary[k]["on"], summary[k]["off"]
         print(f"{k:<28} {on:>12.3f} {off:>15.3f} {on / off:>8.3f}")
-    print(f"throughput drop {drop:.1%} (target <= {TARGET_DROP:.0%}): "
-          f"{'met' if verdict['met'] else 'MISSED'}")  # fmt: skip
+    met = "met" if verdict["met"] else "MISSED"
+    print(f"throughput drop {drop:.1%} (target <= {TARGET_DROP:.0%}): {met}")
     print(f"CPU: {cpu_model()}")
-    figures = {"rounds_run": args.rounds, "seconds": args.seconds, "rounds": rows,
-               "medians": summary, "verdict": verdict}  # fmt: skip
+    figures = {
+        "rounds_run": args.rounds,
+        "seconds": args.seconds,
+        "rounds": rows,
+        "medians": summary,
+        "verdict": verdict,
+    }
     out = measurement.record([served], figures, args.results)
     print(f"wrote {out}")
 

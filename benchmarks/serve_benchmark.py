@@ -9,12 +9,13 @@ Starts, one at a time on free loopback ports (nothing else should run meanwhile)
     worker per CPU; BatchedClassifier below), the design alternative to the in-process batching;
   - mlflow: `mlflow models serve -m models:/<name>@champion --env-manager local`, the peer an
     MLflow user runs, in its own request format ({"inputs": ...}).
-Each is loaded by closed-loop clients over keep-alive connections: single-image POST /predict at
-each --concurrency, and for the service also /classify with a PNG and full /predict requests.
-Then, in this process, the model's ceiling per runtime (TensorFlow `tf.function`, ONNX Runtime,
-LiteRT if installed) at batch 1, 8, 32 and 128. Prints a table with the ratios and writes the
-`serve` section of benchmarks/results/<date>-<machine>.json (harness/results.py), with the served
-model's SHA-256. Needs the champion in the BentoML store and MLflow (`make repro`).
+Each is loaded by closed-loop clients over keep-alive connections (harness/load.py): single-image
+POST /predict at each --concurrency, and for the service also /classify with a PNG and full
+/predict requests. Then, in this process, the model's ceiling per runtime (harness/runtimes.py:
+TensorFlow `tf.function`, ONNX Runtime, LiteRT if installed) at batch 1, 8, 32 and 128. Prints
+a table with the ratios and writes the `serve` section of benchmarks/results/<date>-<machine>.json
+(harness/results.py), with the served model's SHA-256. Needs the champion in the BentoML store
+and MLflow (`make repro`).
 
     python benchmarks/serve_benchmark.py [--workers 1 2] [--seconds 10]
 
@@ -40,10 +41,12 @@ import bentoml
 import numpy as np
 import yaml
 
-from harness.load import closed_loop, multipart, png, sample_images
+from harness.load import Request, Summary, closed_loop
+from harness.load_mix import classify_request, predict_request, sample_images
 from harness.machine import cpu_model, cpus
 from harness.models import bento_model
 from harness.results import RESULTS_DIR, Measurement, runtime_rows, server_rows
+from harness.runtimes import BATCHES, ceilings, runtimes
 from harness.servers import free_port, start_server, stop
 from service import settings
 from service.schemas import Image28, Images, ModelRef, Prediction, Predictions
@@ -52,8 +55,6 @@ from service.schemas import predictions as to_predictions
 ROOT = Path(__file__).resolve().parents[1]
 
 TARGETS = {"vs_additive_ideal_c32": 0.95, "p50_vs_noop_c1": 2.0, "vs_mlflow_c32": 25.0}
-BATCHES = (1, 8, 32, 128)
-MIXED = (1, 3, 2, 4)  # batch sizes in turn, as concurrent requests arrive
 CLASSES = [str(i) for i in range(10)]
 
 
@@ -89,88 +90,6 @@ class BatchedClassifier:
         return to_predictions(proba, CLASSES, self.ref)
 
 
-def runtimes(model_file: Path, onnx_file: Path, workdir: Path) -> dict:
-    """predict_proba of each runtime that can run here, on the same model."""
-    from pipeline.core.inference import OnnxClassifier
-    from pipeline.shared.keras_runtime import Classifier, configure_threads
-
-    configure_threads()
-    found = {
-        "tensorflow": Classifier.from_file(model_file).predict_proba,
-        "onnxruntime": OnnxClassifier(onnx_file).predict_proba,
-        "onnxruntime, 1 thread": OnnxClassifier(onnx_file, threads=1).predict_proba,
-    }
-    try:
-        found["litert"] = litert(model_file, workdir, len(os.sched_getaffinity(0)))
-        found["litert, 1 thread"] = litert(model_file, workdir, 1)
-    except ImportError as err:
-        print(f"LiteRT not measured: {err}")
-    return found
-
-
-def litert(model_file: Path, workdir: Path, threads: int):
-    """The Keras model converted to LiteRT (TFLite, XNNPACK delegate), one interpreter."""
-    import keras
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
-    path = workdir / "model.tflite"
-    if not path.exists():
-        model = keras.saving.load_model(model_file, compile=False)
-        path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
-    interpreter = Interpreter(str(path), num_threads=threads)
-    inp = interpreter.get_input_details()[0]["index"]
-    out = interpreter.get_output_details()[0]["index"]
-    shape: list[int] = []
-
-    def predict_proba(images: np.ndarray) -> np.ndarray:
-        if shape != [len(images)]:
-            interpreter.resize_tensor_input(inp, [len(images), 28, 28])
-            interpreter.allocate_tensors()
-            shape[:] = [len(images)]
-        interpreter.set_tensor(inp, images)
-        interpreter.invoke()
-        return interpreter.get_tensor(out).copy()
-
-    return predict_proba
-
-
-def ceilings(found: dict, seconds: float, images: np.ndarray) -> dict:
-    """Images/s of each runtime on repeated full batches, and parity with TensorFlow."""
-    images = np.resize(images, (1024, 28, 28))
-    reference = found["tensorflow"](images[:512])
-    result = {}
-    for name, predict in found.items():
-        proba = np.concatenate([predict(images[i : i + 128]) for i in range(0, 512, 128)])
-        row = {
-            "class_mismatches_vs_tensorflow": int((proba.argmax(1) != reference.argmax(1)).sum()),
-            "max_probability_diff_vs_tensorflow": float(np.abs(proba - reference).max()),
-        }
-        for batch in BATCHES:
-            predict(images[:batch])
-            n, calls, began = 0, 0, time.perf_counter()
-            while time.perf_counter() - began < seconds:
-                predict(images[(calls * batch) % 896 :][:batch])
-                n, calls = n + batch, calls + 1
-            elapsed = time.perf_counter() - began
-            row[f"batch_{batch}"] = {
-                "images_per_s": n / elapsed,
-                "ms_per_call": 1e3 * elapsed / calls,
-            }
-        # What a server sees: every call another small size (LiteRT re-plans its tensors then).
-        n, calls, began = 0, 0, time.perf_counter()
-        while time.perf_counter() - began < seconds:
-            size = MIXED[calls % len(MIXED)]
-            predict(images[calls % 896 :][:size])
-            n, calls = n + size, calls + 1
-        elapsed = time.perf_counter() - began
-        row["mixed"] = {"images_per_s": n / elapsed, "ms_per_call": 1e3 * elapsed / calls}
-        result[name] = row
-        print(f"ceiling {name}: " + ", ".join(
-            f"b{b} {row[f'batch_{b}']['images_per_s']:.0f}/s" for b in BATCHES))  # fmt: skip
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", nargs="+", default=["1", "2"], help="serve.workers values")
@@ -179,10 +98,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--ceiling-seconds", type=float, default=3.0)
     parser.add_argument("--skip", nargs="*", default=[], choices=["batchable", "mlflow"])
-    parser.add_argument("--data", type=Path, default=ROOT / "data" / "prepared" / "test.npz",
-                        help="test images to send (random pixels if missing)")  # fmt: skip
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR,
-                        help="directory of the result files (harness/results.py)")  # fmt: skip
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / "data" / "prepared" / "test.npz",
+        help="test images to send (random pixels if missing)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_DIR,
+        help="directory of the result files (harness/results.py)",
+    )
     args = parser.parse_args()
     measurement = Measurement("serve")
     logs = args.results / "logs"
@@ -196,9 +123,7 @@ def main() -> None:
     served = bento_model(str(model.tag), tracking_uri())
     pixels = sample_images(1, args.data)[0]
     full = sample_images(params.serve.max_images_per_request, args.data)
-    predict_body = json.dumps({"images": [pixels.tolist()]}).encode()
-    full_body = json.dumps({"images": full.tolist()}).encode()
-    png_body, png_type = multipart("image", "item.png", png(pixels), "image/png")
+    one, full_predict = predict_request(pixels[None]), predict_request(full)
     results: dict = {
         "cpu": cpu_model(),
         "cpus": cpus(),
@@ -214,11 +139,12 @@ def main() -> None:
     # `mlflow models serve` starts `uvicorn` from PATH: this interpreter's, even when not activated.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
 
-    def measure(server: str, name: str, url: str, body: bytes, ctype: str, c: int, n=1) -> None:
-        row = asyncio.run(closed_loop(url, body, ctype, c, args.seconds, args.warmup, n))
+    def measure(server: str, name: str, url: str, request: Request, c: int) -> None:
+        answers = asyncio.run(closed_loop(url, [request], c, args.seconds, args.warmup))
+        row = point(Summary.of(answers), c, request.images)
         results["servers"].setdefault(server, {}).setdefault(name, []).append(row)
-        print(f"{server} {name} c={c}: {row['rps']:.0f} req/s, p50 {row['p50_ms']:.2f} ms, "
-              f"{row['errors']} errors", flush=True)  # fmt: skip
+        speed = f"{row['rps']:.0f} req/s, p50 {row['p50_ms']:.2f} ms"
+        print(f"{server} {name} c={c}: {speed}, {row['errors']} errors", flush=True)
 
     def serve(cmd: list[str], name: str, health: str, extra_env: dict | None = None):
         port = free_port()
@@ -230,7 +156,8 @@ def main() -> None:
         results.setdefault("ready_s", {})[name] = time.perf_counter() - began
         return proc, url
 
-    bentoml_cmd = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", "{port}"]  # fmt: skip
+    bentoml_cmd = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1"]
+    bentoml_cmd += ["--port", "{port}"]
     with tempfile.TemporaryDirectory() as tmp:
         for workers in args.workers:
             raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -241,11 +168,10 @@ def main() -> None:
             proc, url = serve(bentoml_cmd, name, "/readyz", {"FASHION_MNIST_PARAMS": str(custom)})
             try:
                 for c in args.concurrency:
-                    measure(name, "/predict", f"{url}/predict", predict_body, "application/json", c)
+                    measure(name, "/predict", url, one, c)
                 for c in args.concurrency:
-                    measure(name, "/classify", f"{url}/classify", png_body, png_type, c)
-                measure(name, f"/predict x{len(full)}", f"{url}/predict", full_body,
-                        "application/json", 8, len(full))  # fmt: skip
+                    measure(name, "/classify", url, classify_request(pixels), c)
+                measure(name, f"/predict x{len(full)}", url, full_predict, 8)
             finally:
                 stop(proc)
         peers = [("no-op", "NoopClassifier", "/readyz")]
@@ -255,20 +181,19 @@ def main() -> None:
             proc, url = serve([*bentoml_cmd, f"benchmarks.serve_benchmark:{cls}"], name, health)
             try:
                 for c in args.concurrency:
-                    measure(name, "/predict", f"{url}/predict", predict_body, "application/json", c)
+                    measure(name, "/predict", url, one, c)
             finally:
                 stop(proc)
         if "mlflow" not in args.skip:
-            name = params.mlflow.registered_model_name
-            cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-                   f"models:/{name}@champion", "--env-manager", "local", "--host", "127.0.0.1",
-                   "-p", "{port}"]  # fmt: skip
+            model_uri = f"models:/{params.mlflow.registered_model_name}@champion"
+            mlflow = str(Path(sys.executable).parent / "mlflow")
+            cmd = [mlflow, "models", "serve", "-m", model_uri, "--env-manager", "local"]
+            cmd += ["--host", "127.0.0.1", "-p", "{port}"]
             proc, url = serve(cmd, "mlflow", "/ping")
-            body = json.dumps({"inputs": [pixels.tolist()]}).encode()
+            invocation = Request("/invocations", json.dumps({"inputs": [pixels.tolist()]}).encode())
             try:
                 for c in args.concurrency:
-                    measure("mlflow", "/invocations", f"{url}/invocations", body,
-                            "application/json", c)  # fmt: skip
+                    measure("mlflow", "/invocations", url, invocation, c)
             finally:
                 stop(proc)
         # Last: TensorFlow's objects would otherwise slow this process's load generator.
@@ -276,6 +201,9 @@ def main() -> None:
             Path(model.path_of("model.keras")), Path(model.path_of("model.onnx")), Path(tmp)
         )
         results["ceilings"] = ceilings(found, args.ceiling_seconds, sample_images(1024, args.data))
+    for name, row in results["ceilings"].items():
+        speeds = ", ".join(f"b{b} {row[f'batch_{b}']['images_per_s']:.0f}/s" for b in BATCHES)
+        print(f"ceiling {name}: {speeds}")
 
     results["verdict"] = verdict(results)
     print()
@@ -283,6 +211,21 @@ def main() -> None:
     print(json.dumps(results["verdict"], indent=2))
     out = measurement.record([served], results, args.results)
     print(f"wrote {out}")
+
+
+def point(summary: Summary, concurrency: int, images: int) -> dict:
+    """One point of a server's table, in the result files' names (harness/results.py)."""
+    return {
+        "concurrency": concurrency,
+        "images_per_request": images,
+        "requests": summary.requests,
+        "errors": summary.good_not_200,
+        "rps": summary.requests_per_s,
+        "images_per_s": summary.images_per_s,
+        "p50_ms": summary.p50_ms,
+        "p95_ms": summary.p95_ms,
+        "p99_ms": summary.p99_ms,
+    }
 
 
 def at(rows: list[dict], c: int) -> dict:
@@ -305,7 +248,8 @@ def verdict(results: dict) -> dict:
             "p50_vs_noop_c1": at(predict, low)["p50_ms"] / at(noop, low)["p50_ms"],
         }
         if "mlflow" in servers:
-            measured["vs_mlflow_c32"] = at(predict, top)["rps"] / at(servers["mlflow"]["/invocations"], top)["rps"]  # fmt: skip
+            mlflow = at(servers["mlflow"]["/invocations"], top)
+            measured["vs_mlflow_c32"] = at(predict, top)["rps"] / mlflow["rps"]
         met = {
             k: (v <= TARGETS[k]) if k.startswith("p50") else (v >= TARGETS[k])
             for k, v in measured.items()

@@ -8,6 +8,9 @@ is), when and by which command it was measured, and the file it comes from.
 
     python benchmarks/tables.py            # rewrite the tables in place
     python benchmarks/tables.py --check    # exit 1 naming each table that differs from its file
+
+Past 300 lines: one short generator per table of docs/benchmarks.md, kept together so that a
+table's layout is found in one file.
 """
 
 from __future__ import annotations
@@ -19,7 +22,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.machine import KEY_EXTENSIONS
-from harness.results import RESULTS_DIR, read, result_files, runtime_rows, server_rows
+from harness.results import (
+    RESULTS_DIR,
+    feedback_rows,
+    overload_rows,
+    read,
+    result_files,
+    runtime_rows,
+    server_rows,
+    upload_memory_rows,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -105,19 +117,24 @@ def serve_table(section: dict) -> list[str]:
         "p50_vs_noop_c1": "p50 at concurrency 1 vs no-op",
         "vs_mlflow_c32": "req/s at concurrency 32 vs `mlflow models serve`",
     }
-    lines += ["", "| targets | " + " | ".join(
-        f"{labels.get(k, k)} ({'<=' if k.startswith('p50') else '>='} {targets.get(k, '?')}x)"
-        for k in labels) + " |", "|---|" + "---:|" * len(labels)]  # fmt: skip
+    heads = [
+        f"{label} ({'<=' if k.startswith('p50') else '>='} {targets.get(k, '?')}x)"
+        for k, label in labels.items()
+    ]
+    lines += ["", "| targets | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(labels)]
     for name, found in verdict.get("by_server", {}).items():
-        cells = [
-            f"{found['measured'][k]:.2f}x ({'met' if found['met'][k] else 'missed'})"
-            if k in found["measured"] else "-"
-            for k in labels
-        ]  # fmt: skip
+        cells = [target_cell(found, k) for k in labels]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if "additive_ideal_c32" in verdict:
         lines += ["", f"Additive ideal: {verdict['additive_ideal_c32']:,.0f} req/s."]
     return lines
+
+
+def target_cell(found: dict, key: str) -> str:
+    """A server's measure against one target: `1.23x (met)`, `-` when not measured."""
+    if key not in found["measured"]:
+        return "-"
+    return f"{found['measured'][key]:.2f}x ({'met' if found['met'][key] else 'missed'})"
 
 
 def runtimes_table(section: dict) -> list[str]:
@@ -167,6 +184,35 @@ def load_table(section: dict) -> list[str]:
     return lines
 
 
+def overload_table(section: dict) -> list[str]:
+    f = section["figures"]
+    return [
+        f"POST {f['endpoint']} of a {f['upload']}: capacity from {f['concurrency']} closed-loop "
+        f"clients, then open-loop streams of {num(f['seconds'])} s; goodput = answers 200 within "
+        f"{f['slo_s']:g} s of being due; a client waits at most {num(f['client_timeout_s'])} s.",
+        "",
+        *overload_rows(f["runs"]),
+    ]
+
+
+def upload_memory_table(section: dict) -> list[str]:
+    return [
+        "The worst uploads the decode budget admits (serve.max_decode_mb) and two it refuses, all "
+        "at once, twice; resident memory summed over the serving processes.",
+        "",
+        *upload_memory_rows(section["figures"]["runs"]),
+    ]
+
+
+def feedback_table(section: dict) -> list[str]:
+    f = section["figures"]
+    return [
+        f"Shift: {f['shift']}. Stream: {f['stream']}; original: {f['original']}.",
+        "",
+        *feedback_rows(f["runs"]),
+    ]
+
+
 def deploy_table(section: dict) -> list[str]:
     f = section["figures"]
     load = f["load"]
@@ -199,6 +245,9 @@ TABLES: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "serve-runtimes": ("serve", runtimes_table),
     "monitoring": ("monitoring", monitoring_table),
     "load": ("load", load_table),
+    "overload": ("overload", overload_table),
+    "upload-memory": ("overload", upload_memory_table),
+    "feedback": ("feedback", feedback_table),
     "deploy": ("deploy", deploy_table),
 }
 

@@ -114,11 +114,20 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/prepared"))
     parser.add_argument("--only", choices=["default", "reference"])
     parser.add_argument("--epochs", type=int, help="override epochs (quick check, not a benchmark)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="change the default's params (repeatable), like dvc exp run -S")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the default's params (repeatable), like dvc exp run -S",
+    )
     parser.add_argument("--name", default="default", help="the changed default's name in the table")
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR,
-                        help="directory of the result files (harness/results.py)")  # fmt: skip
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_DIR,
+        help="directory of the result files (harness/results.py)",
+    )
     args = parser.parse_args()
     measurement = Measurement("train")
     try:
@@ -141,8 +150,8 @@ def main() -> None:
         model.save(saved)
         changed = f"; --set {' '.join(args.set)}" if args.set and name != "reference" else ""
         source = "the plain two-conv reference" if name == "reference" else "params.yaml" + changed
-        what = (f"{architecture(model_params.model_dump())}; {source}; "
-                f"{len(train):,} training images, {len(history)} epochs")  # fmt: skip
+        size = f"{len(train):,} training images, {len(history)} epochs"
+        what = f"{architecture(model_params.model_dump())}; {source}; {size}"
         models.append(model_entry(name, saved, what))
         val_acc, val_flip = accuracies(model, val)
         test_acc, test_flip = accuracies(model, test)

@@ -68,7 +68,8 @@ def for_podman(docs: list[dict], image: str, host_port: int) -> list[dict]:
     edit set image` does), one replica (podman makes a pod per replica, and they would share the
     host port), and its HTTP port published on `host_port` (podman pods have their own network
     namespace; a cluster reaches pods through the Service instead). Everything else as rendered:
-    podman plays the Deployment and the claim, and skips the Service, HPA and PDB."""
+    podman plays the Deployment and the claim, and skips (logs and ignores) the kinds it does not
+    play: the Service, HPA, PDB, NetworkPolicy and Ingress."""
     docs = copy.deepcopy(docs)
     deployment = find(docs, "Deployment")
     deployment["spec"]["replicas"] = 1

@@ -26,7 +26,7 @@ from pipeline.core.inference import file_sha256
 from pipeline.core.params import flatten
 
 FORMAT = 1
-SECTIONS = ("train", "serve", "monitoring", "load", "deploy")
+SECTIONS = ("train", "serve", "monitoring", "load", "overload", "feedback", "deploy")
 # Where the benchmarks write, in the checkout the harness is installed from (`pip install -e .`).
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 FILE_PATTERN = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]-*.json"
@@ -43,8 +43,8 @@ class ResultError(ValueError):
 def model_entry(name: str, path: Path, what: str, **extra: object) -> dict:
     """A measured model: its SHA-256 is that of the file at `path` (a model file, e.g. the
     served `model.keras`), `what` says in words what model that is."""
-    return {"name": name, "sha256": file_sha256(path), "file": Path(path).name, "what": what,
-            **extra}  # fmt: skip
+    entry = {"name": name, "sha256": file_sha256(path), "file": Path(path).name, "what": what}
+    return entry | extra
 
 
 def architecture(params: Mapping) -> str:
@@ -66,9 +66,8 @@ def architecture(params: Mapping) -> str:
     while f"dense.{i}.units" in flat:
         dense.append(str(flat[f"dense.{i}.units"]))
         i += 1
-    flip = str(flat.get("test_time_flip", "False")) == "True"
-    return (f"conv {'-'.join(blocks)}, dense {'-'.join(dense) or 'none'}"
-            + (", flip inside" if flip else ""))  # fmt: skip
+    flip = ", flip inside" if str(flat.get("test_time_flip", "False")) == "True" else ""
+    return f"conv {'-'.join(blocks)}, dense {'-'.join(dense) or 'none'}{flip}"
 
 
 def command(argv: list[str] | None = None) -> str:
@@ -105,11 +104,12 @@ class Measurement:
             "figures": figures,
         }
 
-    def record(self, models: Iterable[dict], figures: dict, directory: Path | None = None,
-               **extra: object) -> Path:  # fmt: skip
+    def record(
+        self, models: Iterable[dict], figures: dict, directory: Path | None = None, **extra: object
+    ) -> Path:
         """Merge this run's section into today's file for this machine; the file's path."""
-        return record(self.name, self.section(models, figures, **extra), directory,
-                      day=self.started.date().isoformat())  # fmt: skip
+        section = self.section(models, figures, **extra)
+        return record(self.name, section, directory, day=self.started.date().isoformat())
 
 
 def record(name: str, section: dict, directory: Path | None = None, day: str | None = None) -> Path:
@@ -122,10 +122,10 @@ def record(name: str, section: dict, directory: Path | None = None, day: str | N
     path = directory / f"{day}-{machine['slug']}.json"
     with (directory / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        data = json.loads(path.read_text()) if path.exists() else {}
-        data = {"format": FORMAT, "date": day, "machine": machine,
-                **{k: data[k] for k in SECTIONS if k in data}, name: section}  # fmt: skip
-        data = {k: data[k] for k in ("format", "date", "machine", *SECTIONS) if k in data}
+        old = json.loads(path.read_text()) if path.exists() else {}
+        sections = {k: old[k] for k in SECTIONS if k in old} | {name: section}
+        data = {"format": FORMAT, "date": day, "machine": machine}
+        data |= {k: sections[k] for k in SECTIONS if k in sections}
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(data, indent=2) + "\n")
@@ -208,5 +208,74 @@ def runtime_rows(ceilings: Mapping, batches: Sequence[int]) -> list[str]:
         lines.append(
             f"| {name} | " + " | ".join(cells) + f" | {row['class_mismatches_vs_tensorflow']} "
             f"| {row['max_probability_diff_vs_tensorflow']:.1e} |"
+        )
+    return lines
+
+
+def overload_rows(runs: Mapping) -> list[str]:
+    """The overload benchmark's Markdown table: per service measured, each open-loop stream's
+    offered rate, goodput (answers 200 within the SLO per second) as a multiple of capacity,
+    latency of the answers 200, what else came back, and the lone request after the stream."""
+    lines = [
+        "| service | capacity req/s | offered | goodput req/s | x capacity | p50 ms | p99 ms "
+        "| 503 (shed) | other | lone request after |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for label, run in runs.items():
+        for s in run["streams"]:
+            answers = {k.removeprefix("good -> "): v for k, v in s["status_counts"].items()}
+            other = ", ".join(f"{k}: {v}" for k, v in answers.items() if k not in ("200", "503"))
+            lines.append(
+                f"| {label} | {run['capacity_per_s']:.0f} | {s['multiple']:g}x = "
+                f"{s['requests_per_s']:.0f}/s | {s['goodput_per_s']:.0f} "
+                f"| {s['goodput_of_capacity']:.2f} | {ms(s['p50_ms'])} | {ms(s['p99_ms'])} "
+                f"| {s['shed_503']} | {other or '-'} "
+                f"| {s['lone_status']} in {s['lone_ms']:.0f} ms |"
+            )
+    return lines
+
+
+def ms(value: float | None) -> str:
+    """A latency in a table: to 0.1 ms, `-` when there was none."""
+    return "-" if value is None else f"{value:.1f}"
+
+
+def upload_memory_rows(runs: Mapping) -> list[str]:
+    """The overload benchmark's memory table: per service measured, the serving processes' peak
+    RSS while the worst uploads were in flight, and how each kind of upload was answered."""
+    lines = [
+        "| service | RSS before MB | RSS peak MB | answers (both rounds) |",
+        "|---|---:|---:|---|",
+    ]
+    for label, run in runs.items():
+        memory = run["memory"]
+        answers = "; ".join(
+            f"{name}: {', '.join(map(str, statuses))}"
+            for name, statuses in memory["answers"].items()
+        )
+        lines.append(
+            f"| {label} | {memory['rss_before_mb']:,.0f} | {memory['rss_peak_mb']:,.0f} | {answers} |"
+        )
+    return lines
+
+
+def feedback_rows(runs: Sequence[Mapping]) -> list[str]:
+    """The feedback-loop benchmark's Markdown table: per number of corrections and way of
+    retraining, the accuracy on the held-out shifted stream and on the original test half before
+    and after, what the gate decided, and what the retraining cost."""
+    lines = [
+        "| corrections | retrain | shifted stream before -> after | original test before -> after "
+        "| gate | dvc repro s |",
+        "|---:|---|---|---|---|---:|",
+    ]
+    for r in runs:
+        before, after = r["before"], r["after"]
+        gain = 100 * (after["shifted_accuracy"] - before["shifted_accuracy"])
+        drop = 100 * (after["original_accuracy"] - before["original_accuracy"])
+        lines.append(
+            f"| {r['corrections']:,} | {'fine-tune' if r['init'] == 'champion' else 'scratch'} "
+            f"| {before['shifted_accuracy']:.4f} -> {after['shifted_accuracy']:.4f} ({gain:+.1f} pt) "
+            f"| {before['original_accuracy']:.4f} -> {after['original_accuracy']:.4f} "
+            f"({drop:+.2f} pt) | {r['gate']['decision']} | {r['repro_seconds']:,.0f} |"
         )
     return lines

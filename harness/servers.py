@@ -1,13 +1,18 @@
-"""Start a server as a child process, wait until it answers, stop it: for benchmarks and tests."""
+"""Start a server as a child process, wait until it answers, stop it, watch its memory: for
+benchmarks and tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
+
+import psutil
 
 
 def free_port() -> int:
@@ -65,3 +70,34 @@ def start_server(
         stop(proc)
         raise
     return proc
+
+
+class PeakMemory:
+    """The highest summed resident memory (RSS) of a process and its descendants, sampled every
+    `every` seconds in a thread while the `with` block runs."""
+
+    def __init__(self, pid: int, every: float = 0.01) -> None:
+        self.root = psutil.Process(pid)
+        self.every = every
+        self.start = self.peak = self.now()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now(self) -> int:
+        total = 0
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += proc.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, self.now())
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -1,9 +1,15 @@
-"""Stage `evaluate`: score the trained model on the test split and explain what it learned.
+"""Stage `evaluate`: score the trained model on the test split and the feedback slice, and explain
+what it learned.
 
 Writes metrics JSON (for `dvc metrics`), per-class and confusion CSVs (for `dvc plots`), per-image
 predictions (checked again by `register`), the layer shape table, and figures; logs everything to
 the MLflow run that trained the model, after checking that the file it scored is the one that run
 logged (same SHA-256). The model is called through pipeline/core/inference.py, as the service calls it.
+
+The feedback slice (data/prepared/feedback.npz: corrections people sent, held out of training by
+`prepare`) gives `feedback_accuracy` (null when the slice is empty) and `feedback_samples`; the
+slice is logged as the run's `feedback` dataset input, tagged with the digest of the curated
+feedback dataset it was cut from.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import pipeline.training.quiet_tensorflow  # noqa: F401 (first: it filters Tenso
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +41,11 @@ from pipeline.reporting.figures import (
     filters_figure,
     mistakes_figure,
 )
-from pipeline.shared.dataset import Split, load_split
+from pipeline.shared.dataset import Split, content_hash, load_arrays, load_split
 from pipeline.shared.keras_runtime import Classifier
 from pipeline.shared.progress import Progress, duration
 from pipeline.shared.tracking import (
+    DIGEST_CHARS,
     TrackingUnavailable,
     log_split,
     tracking_access,
@@ -48,7 +56,7 @@ from pipeline.training.model import network, spatial_sizes
 
 @dataclass
 class Evaluation:
-    metrics: dict[str, float]
+    metrics: dict[str, float | int | None]
     per_class: pd.DataFrame
     confusion: np.ndarray
     predictions: pd.DataFrame
@@ -110,24 +118,33 @@ def first_layer_views(model: keras.Model, image: np.ndarray) -> tuple[np.ndarray
     return keras.ops.convert_to_numpy(conv.kernel), maps
 
 
-def score(classifier: Classifier, images: np.ndarray) -> np.ndarray:
+def feedback_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float | int | None]:
+    """Accuracy on the feedback slice (None when it is empty: no number rather than a made-up one)."""
+    accuracy = float((proba.argmax(axis=1) == y_true).mean()) if len(y_true) else None
+    return {"feedback_accuracy": accuracy, "feedback_samples": len(y_true)}
+
+
+def score(classifier: Classifier, images: np.ndarray, what: str = "test") -> np.ndarray:
     """Class probabilities of a whole split, showing progress (10,000 images take seconds)."""
-    progress = Progress(len(images), "scoring the test split", unit="images")
+    progress = Progress(len(images), f"scoring the {what} split", unit="images")
     chunks = []
     for start in range(0, len(images), CHUNK):
         chunks.append(classifier.predict_proba(images[start : start + CHUNK]))
         progress.update(start + len(chunks[-1]))
-    progress.finish(f"scored {len(images):,} test images in {duration(progress.elapsed)}")
+    progress.finish(f"scored {len(images):,} {what} images in {duration(progress.elapsed)}")
     return np.concatenate(chunks) if chunks else classifier.predict_proba(images)
 
 
 def write_reports(
-    classifier: Classifier, params: ModelParams, test: Split, out: Path
+    classifier: Classifier, params: ModelParams, test: Split, out: Path, feedback: Split
 ) -> Evaluation:
-    """Evaluate on `test` and write every report file under `out`."""
+    """Evaluate on `test` and the feedback slice, and write every report file under `out`."""
     model = classifier.model
     proba = score(classifier, test.x)
     result = evaluate_predictions(test.y, proba)
+    # An empty slice is not scored (nothing to say); its metrics say so (None, 0 samples).
+    feedback_proba = score(classifier, feedback.x, "feedback") if len(feedback) else proba[:0]
+    result.metrics.update(feedback_metrics(feedback.y, feedback_proba))
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
@@ -142,6 +159,31 @@ def write_reports(
     title = f"First conv layer's feature maps for one test image ({CLASS_NAMES[test.y[0]]})"
     feature_maps_figure(test.x[0], maps, title).savefig(figures / "feature_maps.png", dpi=110)
     return result
+
+
+def log_feedback_input(split: Split, arrays: dict[str, np.ndarray], path: Path) -> None:
+    """The feedback slice as the active run's `feedback` dataset input: digest of its arrays; tags:
+    the digest of the curated feedback dataset it was cut from and how many of that dataset's
+    images went into training. Nothing when the dataset had no accepted correction at all."""
+    train_images = int(arrays["train_images"])
+    if len(split) == 0 and train_images == 0:
+        return
+    with warnings.catch_warnings():
+        # As in tracking.log_split: MLflow warns that a local path has two URI schemes.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_numpy(
+            np.ascontiguousarray(split.x),
+            targets=np.ascontiguousarray(split.y),
+            source=str(path.resolve()),
+            name="fashion-mnist-feedback",
+            digest=content_hash(split)[:DIGEST_CHARS],
+        )
+    tags = {
+        "feedback_dataset_digest": str(arrays["dataset_digest"]),
+        "feedback_train_images": str(train_images),
+        "feedback_slice_images": str(len(split)),
+    }
+    mlflow.log_input(dataset, context="feedback", tags=tags)
 
 
 class ModelMismatch(RuntimeError):
@@ -182,10 +224,16 @@ def main() -> None:
     except (ModelMismatch, TrackingUnavailable) as err:
         sys.exit(f"evaluate failed: {err}")
     test = load_split(args.data / "test.npz")
-    result = write_reports(Classifier.from_file(args.model), params.model, test, args.out)
+    feedback = load_arrays(args.data / "feedback.npz")
+    feedback_split = Split(feedback["x"], feedback["y"].astype(np.int64))
+    result = write_reports(
+        Classifier.from_file(args.model), params.model, test, args.out, feedback_split
+    )
     with mlflow.start_run(run_id=run_id):
         log_split(test, "test", "test", json.loads(args.sources.read_text()))
-        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
+        log_feedback_input(feedback_split, feedback, args.data / "feedback.npz")
+        # MLflow metrics are numbers: an empty slice's accuracy (None) is left out.
+        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items() if v is not None})
         mlflow.log_artifacts(str(args.out), artifact_path="evaluation")
     print(json.dumps(result.metrics, indent=2))
     print(result.per_class.to_string(index=False, float_format="%.3f"))

@@ -1,8 +1,17 @@
-"""Stage `prepare`: decode the raw IDX files, split train/validation, check and report the data.
+"""Stage `prepare`: decode the raw IDX files, split train/validation, mix in the accepted feedback
+corrections, check and report the data.
 
-Outputs data/prepared/{train,val,test}.npz (uint8 images, int labels) and a data report
-(JSON + CSV) with per-split class counts, pixel statistics and exact-duplicate counts.
+Outputs data/prepared/{train,val,test}.npz (uint8 images, int labels), data/prepared/feedback.npz
+(the feedback slice: x, y, sha256 of the held-out corrections; possibly none), a data report
+(JSON + CSV) with per-split class counts, pixel statistics and exact-duplicate counts, and
+reports/data/feedback.json (what of the feedback went where).
 The stage fails when a data check fails (missing class, wrong shape, label out of range).
+
+The corrections (data/feedback/corrections.npz, stage `feedback`) are split by their pixels' hash:
+those with int(sha256[:8], 16) % 1000 < prepare.feedback.slice_permille are the feedback slice,
+held out for `evaluate`; the others join the training split (prepare.feedback.repeat times each),
+never val, so val stays the original split and validation accuracies stay comparable across
+dataset versions. A hash, not a random draw: an image stays on its side as the dataset grows.
 """
 
 from __future__ import annotations
@@ -17,8 +26,19 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from pipeline.core.fashion_mnist import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
-from pipeline.core.params import PrepareParams, load_params
-from pipeline.shared.dataset import DataError, Split, load_raw_split, save_split
+from pipeline.core.params import PrepareFeedbackParams, PrepareParams, load_params
+from pipeline.shared.dataset import (
+    Corrections,
+    DataError,
+    Split,
+    content_hash,
+    load_corrections,
+    load_raw_split,
+    save_arrays,
+    save_split,
+)
+
+FEEDBACK_SLICE = "feedback.npz"  # under the prepared directory
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -52,6 +72,42 @@ def split_dataset(train: Split, test: Split, params: PrepareParams) -> dict[str,
     return {"train": train.subset(train_idx), "val": train.subset(val_idx), "test": test}
 
 
+def in_feedback_slice(sha256: np.ndarray, permille: int) -> np.ndarray:
+    """Which corrections are held out: int(sha256[:8], 16) % 1000 < permille, by image."""
+    return np.array([int(h[:8], 16) % 1000 < permille for h in sha256], dtype=bool)
+
+
+def mix_feedback(
+    train: Split, val: Split, corrections: Corrections, params: PrepareFeedbackParams
+) -> tuple[Split, Corrections, dict]:
+    """(train with the corrections outside the slice added, the feedback slice, a report).
+
+    A correction identical to a validation image is not trained on (it would leak into the
+    validation accuracy that chooses the champion); with `enabled` false none is.
+    """
+    held_out = in_feedback_slice(corrections.sha256, params.slice_permille)
+    rest = corrections.subset(~held_out)
+    in_val = np.isin(_image_keys(rest.x), _image_keys(val.x))
+    used = rest.subset(~in_val & params.enabled)
+    report = {
+        "enabled": params.enabled,
+        "repeat": params.repeat,
+        "corrections": len(corrections),
+        "slice": int(held_out.sum()),
+        "train_images": len(used),
+        "train_rows": len(used) * params.repeat,
+        "left_out_in_val": int(in_val.sum()),
+        "same_as_a_training_image": count_shared(train.x, used.x),
+        "digest": content_hash(corrections.split),
+    }
+    if len(used):
+        train = Split(
+            np.concatenate([train.x, *[used.x] * params.repeat]),
+            np.concatenate([train.y, *[used.y] * params.repeat]),
+        )
+    return train, corrections.subset(held_out), report
+
+
 def check_splits(splits: dict[str, Split]) -> None:
     """Raise DataError when a split has a wrong shape, a label out of range, or misses a class."""
     for name, s in splits.items():
@@ -72,7 +128,7 @@ def check_splits(splits: dict[str, Split]) -> None:
 
 def _image_keys(x: np.ndarray) -> np.ndarray:
     """One hashable value per image (its raw bytes), for exact-duplicate detection."""
-    flat = np.ascontiguousarray(x.reshape(len(x), -1))
+    flat = np.ascontiguousarray(x.reshape(len(x), int(np.prod(x.shape[1:]))))
     return flat.view(np.dtype((np.void, flat.shape[1]))).ravel()
 
 
@@ -119,7 +175,16 @@ def main() -> None:
     parser.add_argument("--raw", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="directory for the .npz splits")
     parser.add_argument(
-        "--report", type=Path, required=True, help="data report JSON; CSV beside it"
+        "--report",
+        type=Path,
+        required=True,
+        help="data report JSON; CSV beside it, and feedback.json (where the feedback went)",
+    )
+    parser.add_argument(
+        "--feedback",
+        type=Path,
+        required=True,
+        help="the accepted corrections (the feedback stage's corrections.npz)",
     )
     args = parser.parse_args()
     params = load_params(args.params)
@@ -127,16 +192,34 @@ def main() -> None:
         splits = split_dataset(
             load_raw_split(args.raw, "train"), load_raw_split(args.raw, "test"), params.prepare
         )
+        train, held_out, mixed = mix_feedback(
+            splits["train"], splits["val"], load_corrections(args.feedback), params.prepare.feedback
+        )
+        splits["train"] = train
         check_splits(splits)
     except DataError as err:
         sys.exit(f"prepare failed: {err}")
     report, counts = data_report(splits)
     for name, s in splits.items():
         save_split(s, args.out / f"{name}.npz")
+    save_arrays(
+        args.out / FEEDBACK_SLICE,
+        {
+            "x": held_out.x,
+            "y": held_out.y,
+            "sha256": held_out.sha256,
+            # Which feedback dataset the slice was cut from, and how much of it went into train:
+            # `evaluate` logs both with the slice as the run's feedback input in MLflow.
+            "dataset_digest": np.array(mixed["digest"]),
+            "train_images": np.array(mixed["train_images"]),
+        },
+    )
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=2) + "\n")
     counts.to_csv(args.report.with_suffix(".csv"), index=False)
+    (args.report.parent / "feedback.json").write_text(json.dumps(mixed, indent=2) + "\n")
     print(json.dumps({n: r["samples"] for n, r in report["splits"].items()}))
+    print(f"feedback: {json.dumps(mixed)}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Stage `register`: promote the experiment's best validated run to `@champion`, if it earns it.
 
 The steps, each in its module under pipeline/promotion/:
-- choice.py: the candidate is the best run validated on the current validation split; the gate
-  (`decide`) compares validation accuracies only (a champion validated on other data is first
-  re-measured on this split); test accuracy is reported, never compared.
+- choice.py and judge.py: the candidate is the best run validated on the current validation split
+  (runs a rollback took `@champion` from excepted, unless --allow-rolled-back); the gate compares
+  it with the champion on validation accuracy (a champion validated on other data is first
+  re-measured on this split) and on the feedback slice (both measured there; an empty slice is
+  not checked); test accuracy is reported, never compared.
 - export.py and parity.py: the candidate's logged model file must have the SHA-256 its run
   recorded (the file `evaluate` scored); its ONNX export (the service's runtime) and its explainer
   export must reproduce evaluate's predictions on every test image.
@@ -11,9 +13,10 @@ The steps, each in its module under pipeline/promotion/:
 - bento_store.py: the champion's files in the BentoML model store, each copy hash-checked.
 
 Promotion registers a model version, logs the checked ONNX files to the run, decides again
-against the registry as it is now, and moves the `champion` alias (the commit point), checking at
-each step that the bytes are still the same; a candidate that fails anywhere, or that another
-register's promotion overtook, leaves the champion untouched. On a local MLflow store one register
+against the registry as it is now, tags the version with the champion it replaces (what
+`python -m pipeline.rollback` goes back to) and moves the `champion` alias (the commit point),
+checking at each step that the bytes are still the same; a candidate that fails anywhere, or that
+another register's promotion overtook, leaves the champion untouched. On a local MLflow store one register
 at a time decides and promotes (registry.py's `promotion_lock`). The decision and why go to
 champion.json (record.py's `Decision`). Whatever was decided, the local BentoML store then serves
 the `@champion` (`<serve.bento_model_name>:latest`), imported from MLflow when missing: after a
@@ -30,31 +33,37 @@ import json
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from pipeline.core.inference import MODEL_FILE, ONNX_FILE, file_sha256
 from pipeline.core.params import Params, load_params
 from pipeline.promotion.bento_store import sync_bentoml_store
-from pipeline.promotion.choice import best_run, candidate_of, decide
 from pipeline.promotion.export import (
     EXPLAINER_JSON,
     EXPLAINER_ONNX,
     export_explainer,
     export_onnx,
 )
-from pipeline.promotion.parity import accuracy, explainer_parity, parity_check
+from pipeline.promotion.judge import (
+    FEEDBACK_FILE,
+    FeedbackSlice,
+    Judge,
+    Judgement,
+    Measurer,
+    describe_scores,
+)
+from pipeline.promotion.parity import explainer_parity, parity_check
 from pipeline.promotion.record import (
     ALIAS,
     PROMOTION,
     PROMOTION_OWNER,
+    REPLACED_VERSION,
     SHA256_KEYS,
     Candidate,
     Champion,
@@ -74,31 +83,23 @@ from pipeline.promotion.registry import (
     this_process,
 )
 from pipeline.promotion.steps import reached
-from pipeline.shared.dataset import Split, content_hash, load_split, write_atomically
+from pipeline.shared.dataset import load_split, write_atomically
 from pipeline.shared.tracking import (
     ModelFileError,
     TrackingUnavailable,
-    download_keras_file,
     tracking_access,
     tracking_uri,
     use_experiment,
 )
 
 
-@dataclass(frozen=True)
-class Judgement:
-    """The registry as one register saw it: the best validated run, the champion and the gate."""
-
-    candidate: Candidate
-    run: Run
-    champion: Champion | None
-    promote: bool
-    reason: str
-    remeasured: dict[str, Any] | None
-
-
 def run(
-    params: Params, metrics_path: Path, predictions_path: Path, data_dir: Path, run_path: Path
+    params: Params,
+    metrics_path: Path,
+    predictions_path: Path,
+    data_dir: Path,
+    run_path: Path,
+    allow_rolled_back: bool = False,
 ) -> Decision:
     """Settle what killed registers left, decide (and promote if warranted), then make the local
     BentoML store serve the champion; returns the record written to champion.json."""
@@ -110,10 +111,10 @@ def run(
         tempfile.TemporaryDirectory(prefix="register-") as tmp,
     ):
         for done in repair(client, name, locked=lock is not None):
-            print(f"register: settled {name} {done} (its register was killed)")
+            print(f"register: settled {name} {done} (left by a killed register or rollback)")
         record = choose(
             client, params, experiment_id, (metrics_path, predictions_path, data_dir, run_path),
-            Path(tmp),
+            Path(tmp), allow_rolled_back,
         )  # fmt: skip
         record.served = sync_bentoml_store(client, params, Path(tmp) / "sync")
         # The champion as it stands now: another register may have moved it since (a shared server).
@@ -126,38 +127,13 @@ def run(
     return record
 
 
-def judge(
-    client: MlflowClient, params: Params, experiment_id: str, val: Split, workdir: Path
-) -> Judgement:
-    """The best validated run against the current champion, through the gate."""
-    val_data_hash = content_hash(val)
-    best = best_run(client, experiment_id, val_data_hash)
-    if best is None:
-        raise RegisterError(
-            f"experiment {params.mlflow.experiment_name!r} has no evaluated run validated on "
-            f"this validation data (val_data_hash {val_data_hash[:12]})"
-        )
-    candidate = candidate_of(best)
-    version = current_champion(client, params.mlflow.registered_model_name)
-    champion = champion_summary(client, version) if version else None
-    if champion and champion.run_id == candidate.run_id:
-        why = f"the best run is already the champion (version {champion.version})"
-        return Judgement(candidate, best, champion, False, why, None)
-    champion_acc, again = None, None
-    if champion is not None:
-        champion_acc = champion.val_accuracy
-        if champion.val_data_hash != val_data_hash or champion_acc is None:
-            champion_acc, again = remeasured(champion, val, workdir)
-    promote_it, why = decide(candidate.val_accuracy, champion_acc, params.register)
-    return Judgement(candidate, best, champion, promote_it, why, again)
-
-
 def choose(
     client: MlflowClient,
     params: Params,
     experiment_id: str,
     inputs: tuple[Path, Path, Path, Path],
     workdir: Path,
+    allow_rolled_back: bool = False,
 ) -> Decision:
     """The decision record; promotes the best validated run if it passes the gate and parity."""
     metrics_path, predictions_path, data_dir, run_path = inputs
@@ -166,7 +142,12 @@ def choose(
         "test_accuracy": json.loads(metrics_path.read_text())["test_accuracy"],
     }
     val = load_split(data_dir / "val.npz")
-    seen = judge(client, params, experiment_id, val, workdir)
+    feedback = FeedbackSlice.load(data_dir / FEEDBACK_FILE)
+    judge = Judge(
+        client, params, experiment_id, val, feedback, Measurer(workdir / "measured"),
+        allow_rolled_back,
+    )  # fmt: skip
+    seen = judge()
     candidate = seen.candidate
     record = Decision(
         decision="kept",
@@ -177,8 +158,9 @@ def choose(
         previous_champion=seen.champion,
         champion_remeasured=seen.remeasured,
         pipeline_run=pipeline_run,
-        gate=params.register.model_dump(include={"min_accuracy", "max_regression"}),
+        gate=params.register.model_dump(),
         parity=None,
+        scores=seen.scores,
     )
     if not seen.promote:
         return record
@@ -193,15 +175,13 @@ def choose(
         )
     files, record.parity = checked_exports(candidate, predictions, data_dir, workdir)
 
-    def again() -> Judgement:
-        return judge(client, params, experiment_id, val, workdir / "again")
-
-    final = promote(client, params, seen, files, workdir, again)
+    final = promote(client, params, seen, files, workdir, judge)
     record.previous_champion = final.champion
     if final.candidate.run_id == candidate.run_id and final.promote:
         record.decision = "promoted"
         if version_of(final.champion) != version_of(seen.champion):
             record.champion_remeasured = final.remeasured
+            record.scores = final.scores
             record.reason = f"{final.reason} (the champion changed while promoting: decided again)"
     else:
         record.decision = "superseded"
@@ -231,21 +211,6 @@ def claim(client: MlflowClient, name: str) -> None:
             raise
         client.create_registered_model(name)
     client.set_registered_model_tag(name, "last_promotion_by", this_process())
-
-
-def remeasured(champion: Champion, val: Split, workdir: Path) -> tuple[float, dict[str, Any]]:
-    """A champion validated on other data, measured on the candidate's validation split: its
-    accuracy there and the record of why."""
-    uri = f"models:/{champion.model_name}/{champion.version}"
-    acc = accuracy(download_keras_file(uri, workdir / "champion"), val)
-    val_data_hash = content_hash(val)
-    return acc, {
-        "reason": "the champion was validated on other data "
-        f"(val_data_hash {champion.val_data_hash[:12]}, this split {val_data_hash[:12]})",
-        "val_accuracy_before": champion.val_accuracy,
-        "val_accuracy": acc,
-        "val_data_hash": val_data_hash,
-    }
 
 
 def checked_exports(
@@ -317,6 +282,9 @@ def promote(
         if final.candidate.run_id != candidate.run_id or not final.promote:
             client.set_model_version_tag(name, version, PROMOTION, "superseded")
             return final
+        # What a rollback goes back to: the champion this alias move replaces.
+        replaced = final.champion.version if final.champion else "none"
+        client.set_model_version_tag(name, version, REPLACED_VERSION, replaced)
         client.set_registered_model_alias(name, ALIAS, version)
     except BaseException:
         with contextlib.suppress(Exception):  # the error that stopped it is the one to report
@@ -357,6 +325,11 @@ def main() -> None:
         action="store_true",
         help="only bring the MLflow @champion into the local BentoML store (for `make serve`)",
     )
+    parser.add_argument(
+        "--allow-rolled-back",
+        action="store_true",
+        help="let runs a rollback took @champion from be candidates again (this run only)",
+    )
     args = parser.parse_args()
     params = load_params(args.params)
     try:
@@ -365,7 +338,9 @@ def main() -> None:
                 served = import_champion(params)
                 print(f"register: serving {served or 'nothing: there is no @champion yet'}")
                 return
-            record = run(params, args.metrics, args.predictions, args.data, args.run)
+            record = run(
+                params, args.metrics, args.predictions, args.data, args.run, args.allow_rolled_back
+            )
     except (TrackingUnavailable, RegisterError, ModelFileError) as err:
         sys.exit(f"register failed: {err}")
     # A register killed while writing leaves the previous champion.json, never half of one.
@@ -376,7 +351,8 @@ def main() -> None:
         if champion
         else "none"
     )
-    print(f"register: {record.decision}: {record.reason}\nchampion: {where}")
+    print(f"register: {record.decision}: {record.reason}")
+    print(f"{describe_scores(record.scores)}\nchampion: {where}")
     print(f"BentoML store serves: {record.served}")
 
 

@@ -9,7 +9,8 @@ writes the outputs. Progress: steps, rate and ETA within each epoch, one line pe
 (pipeline/shared/progress.py). Resumable: SIGTERM/SIGINT marks the MLflow run KILLED and keeps the
 last finished epoch's state; the next run with the same params, data and code continues it, in the
 same MLflow run (pipeline/training/resume.py). With `train.distribution: multi_worker` only the
-chief logs and writes the outputs (pipeline/training/multi_worker.py).
+chief logs and writes the outputs (pipeline/training/multi_worker.py). `train.init: champion`
+fine-tunes the MLflow @champion instead (pipeline/training/fine_tune.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import mlflow
 import pandas as pd
 import tensorflow as tf
 from mlflow.entities import RunStatus
-from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from pipeline.core.architecture import layer_table
@@ -50,6 +50,7 @@ from pipeline.shared.tracking import (
     tracking_access,
     use_experiment,
 )
+from pipeline.training.fine_tune import FineTuneError, Start, champion_start, schedule
 from pipeline.training.fit import best_epoch_metrics, distribution_strategy, fit_model
 from pipeline.training.multi_worker import (
     is_chief,
@@ -63,6 +64,7 @@ from pipeline.training.resume import (
     Saved,
     TrainState,
     claimed_state,
+    continued_run,
     signals_raise,
     state_key,
 )
@@ -70,19 +72,6 @@ from pipeline.training.resume import (
 
 def _write_json(path: Path, record: dict) -> None:
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
-
-
-def _continued_run(saved: Saved | None, experiment_id: str) -> str | None:
-    """The MLflow run of the saved state, if this tracking store still has it in the experiment."""
-    run_id = saved.run.get("mlflow_run_id") if saved else None
-    if not run_id:
-        return None
-    try:
-        found = mlflow.MlflowClient().get_run(run_id)
-    except MlflowException:
-        return None
-    same = found.info.experiment_id == experiment_id and found.info.lifecycle_stage == "active"
-    return run_id if same else None
 
 
 def _train_as_worker(
@@ -119,6 +108,9 @@ def run(params: Params, data_dir: Path, sources: Path, out: dict[str, Path]) -> 
         experiment_id = use_experiment(params.mlflow.experiment_name) if chief else ""  # fail fast
         train, val = load_split(data_dir / "train.npz"), load_split(data_dir / "val.npz")
         tracked = params.model_dump(include={"model", "train"})
+        start = champion_start(params) if params.train.init == "champion" else None
+        if start:  # a state is only valid for the weights it began with
+            tracked["init"] = start.record()
         key = state_key(
             tracked | {"experiment": params.mlflow.experiment_name}, content_hash(train, val)
         )
@@ -126,7 +118,8 @@ def run(params: Params, data_dir: Path, sources: Path, out: dict[str, Path]) -> 
             chiefs = TrainState(project_root() / STATE_DIR / key)
             _train_as_worker(params, train, val, strategy, chiefs)
             return None
-        return _train_as_chief(params, train, val, sources, out, strategy, experiment_id, key)
+        where = (experiment_id, key, start)
+        return _train_as_chief(params, train, val, sources, out, strategy, where)
 
 
 def _train_as_chief(
@@ -136,16 +129,20 @@ def _train_as_chief(
     sources: Path,
     out: dict[str, Path],
     strategy: tf.distribute.Strategy,
-    experiment_id: str,
-    key: str,
+    where: tuple[str, str, Start | None],
 ) -> str:
-    """Train under an MLflow run (the interrupted one, when resuming), write the outputs."""
+    """Train under an MLflow run (the interrupted one, when resuming), write the outputs.
+    `where`: the experiment id, the state's key and the champion it starts from (or None)."""
+    experiment_id, key, start = where
     blocks, dense = params.model.conv_blocks, params.model.dense
     table = format_table(
         layer_table(IMAGE_SIZE, blocks), forward_flops(IMAGE_SIZE, blocks, dense, NUM_CLASSES)
     )
     print(table)
-    epochs = params.train.epochs
+    trained = schedule(params.train)
+    epochs = trained.epochs
+    if start:
+        print(start.describe(trained))
     with (
         claimed_state(project_root(), key) as state,
         tempfile.TemporaryDirectory(prefix="train-") as tmp,
@@ -157,16 +154,17 @@ def _train_as_chief(
             )
             state = TrainState(Path(tmp) / "state")
         saved = state.latest()
-        continued = _continued_run(saved, experiment_id)
+        continued = continued_run(saved, experiment_id)
         if saved:
             print(f"resuming from epoch {saved.epoch} of {epochs}: {state.directory}")
         # Under `dvc exp run` the run is named after the experiment: the same name in both UIs.
         run_name = os.environ.get("DVC_EXP_NAME") or None
+        init_tags = start.tags() if start else {}
         with mlflow.start_run(
             run_id=continued,
             experiment_id=None if continued else experiment_id,
             run_name=None if continued else run_name,
-            tags=None if continued else lineage_tags(train, val, params.train.seed),
+            tags=None if continued else lineage_tags(train, val, params.train.seed) | init_tags,
         ) as active:
             run_id = active.info.run_id
             try:
@@ -179,20 +177,21 @@ def _train_as_chief(
                 started = time.perf_counter()
                 resume = Resume(state, saved, {"mlflow_run_id": run_id})
                 model, history = fit_model(
-                    params.model, params.train, train, val, strategy=strategy, resume=resume
-                )
+                    params.model, trained, train, val, strategy=strategy, resume=resume,
+                    initial_weights=start.weights if start else None,
+                )  # fmt: skip
                 before = saved.run.get("train_seconds", 0.0) if saved else 0.0
                 train_seconds = before + time.perf_counter() - started
                 metrics = best_epoch_metrics(history) | {
                     "train_seconds": round(train_seconds, 1),
                     "param_count": model.count_params(),
                 }
+                metrics |= {k: v for k, v in history.attrs.items() if k.startswith("init_")}
                 mlflow.log_metrics(metrics)
                 model_sha256 = _log_and_write(model, history, val, Path(tmp), out)
                 _write_json(out["metrics"], metrics)
-                _write_json(
-                    out["run"], {"mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id}
-                )
+                ran = {"mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id}
+                _write_json(out["run"], ran | ({"init": start.record()} if start else {}))
             except KeyboardInterrupt:  # Interrupted by SIGTERM/SIGINT, or Ctrl-C
                 _mark_interrupted(run_id, state, epochs)
                 raise
@@ -279,7 +278,7 @@ def main() -> None:
     try:
         with tracking_access():
             run(params, args.data, args.sources, out)
-    except TrackingUnavailable as err:
+    except (TrackingUnavailable, FineTuneError) as err:
         sys.exit(f"train failed: {err}")
     except Interrupted as err:
         print(f"train: stopped by {err.name}", file=sys.stderr)

@@ -25,15 +25,23 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, Field
 
 from pipeline.core.inference import OnnxClassifier, check_images
 from service.inputs import InputError
-from service.schemas import ClassifiedImage, ModelRef, predictions
-
-EXPLAINER_FORMAT = (
-    1  # the explainer.json layout this code reads (pipeline/promotion/export.py writes it)
+from service.schemas import (
+    Chain,
+    ExplainedImage,
+    Filters,
+    Grid,
+    LayerActivations,
+    ModelRef,
+    Sample,
+    Samples,
+    predictions,
 )
+
+# The explainer.json layout this code reads (pipeline/promotion/export.py writes it).
+EXPLAINER_FORMAT = 1
 GAP = 1  # pixels between tiles of a grid
 MAP_GAP_VALUE = 96  # dark gray: an all-black tile (a channel that did not fire) stays visible
 FILTER_GAP_RGB = (128, 128, 128)
@@ -99,81 +107,6 @@ def formula(n: int, f: int, p: float, s: int, n_out: int) -> str:
     return f"floor(({n} + 2*{p:g} - {f}) / {s}) + 1 = {n_out}"
 
 
-# --- the API's types (OpenAPI schema at /docs.json) -----------------------------------------
-
-
-class Grid(BaseModel):
-    png: str = Field(description="data:image/png;base64 URL of the grid image")
-    cols: int = Field(description="tiles per row; tile k is in row k // cols, column k % cols")
-    rows: int
-    tile: int = Field(description="tile width and height in pixels")
-    gap: int = Field(description="pixels between tiles")
-
-
-class LayerActivations(BaseModel):
-    layer: str = Field(description="the Keras layer, e.g. conv_0 or pool_0")
-    output: str = Field(description="the layer whose output is shown (a conv's activation)")
-    kind: str = Field(description="conv or pool")
-    n_in: int = Field(description="input size n (n x n)")
-    f: int = Field(description="kernel or pool size f")
-    p: float = Field(description="padding p per side (0.5: Keras pads one more at bottom/right)")
-    s: int = Field(description="stride s")
-    n_out: int = Field(description="output size floor((n + 2p - f) / s) + 1")
-    channels: int
-    formula: str
-    maps: Grid = Field(description="the feature maps, one grayscale tile per channel")
-    low: list[float] = Field(description="per channel: the activation drawn as 0")
-    high: list[float] = Field(description="per channel: the activation drawn as 255")
-
-
-class Chain(BaseModel):
-    """From the first conv layer's raw output c to its feature maps: z = scale * c + shift, a = g(z)."""
-
-    batch_norm: bool = Field(description="scale and shift are batch norm's (inference mode)")
-    activation: str = Field(description="g: relu, elu, gelu, swish/silu, tanh or linear")
-    scale: list[float] = Field(description="per filter; gamma / sqrt(variance + epsilon) with BN")
-    shift: list[float] = Field(description="per filter; the bias, or beta - mean * scale with BN")
-
-
-class Filters(BaseModel):
-    layer: str
-    f: int
-    count: int
-    scale: float = Field(description="the largest absolute weight: full blue (-) or red (+)")
-    grid: Grid = Field(description="the learned f x f kernels, blue negative, red positive")
-    kernels: list[list[list[float]]] = Field(
-        description="the kernels' weights, [filter][row][column], over pixels scaled to 0-1"
-    )
-    chain: Chain | None = Field(
-        description="what makes the feature maps of the kernels' output (null: not known)"
-    )
-
-
-class ExplainedImage(ClassifiedImage):
-    pixels: list[list[int]] = Field(description="the 28x28 pixels the model saw, 0-255")
-    colour: list[list[list[int]]] | None = Field(
-        default=None,
-        description="a colour upload fitted the same way in RGB, [row][column][channel] 0-255 "
-        "(inverted with the grayscale); null for a grayscale image",
-    )
-    image: str = Field(description="the same pixels as a data:image/png;base64 URL")
-    layers: list[LayerActivations] = Field(description="every conv block and pooling layer")
-    filters: Filters = Field(description="the first conv layer's learned filters")
-
-
-class Sample(BaseModel):
-    index: int = Field(description="its index in the test split")
-    class_id: int
-    class_name: str
-    image: str = Field(description="28x28 PNG, light on dark, as a data URL")
-
-
-class Samples(BaseModel):
-    samples: list[Sample] = Field(
-        description="test images shipped with the model (empty if it has no explainer)"
-    )
-
-
 # --- building the answers -------------------------------------------------------------------
 
 
@@ -186,13 +119,7 @@ def layer_activations(row: dict[str, Any], maps: np.ndarray) -> LayerActivations
         **{k: row[k] for k in ("layer", "output", "kind", "n_in", "f", "p", "s", "n_out")},
         channels=scaled.shape[-1],
         formula=formula(row["n_in"], row["f"], row["p"], row["s"], row["n_out"]),
-        maps=Grid(
-            png=png_data_url(grid),
-            cols=cols,
-            rows=-(-scaled.shape[-1] // cols),
-            tile=scaled.shape[0],
-            gap=GAP,
-        ),
+        maps=Grid.of(png_data_url(grid), cols, scaled.shape[-1], scaled.shape[0], GAP),
         low=[round(float(v), 5) for v in low],
         high=[round(float(v), 5) for v in high],
     )
@@ -211,13 +138,7 @@ def filters_view(layer: str, kernels: np.ndarray, chain: dict[str, Any] | None =
         f=kernels.shape[0],
         count=count,
         scale=scale,
-        grid=Grid(
-            png=png_data_url(grid),
-            cols=cols,
-            rows=-(-count // cols),
-            tile=kernels.shape[0],
-            gap=GAP,
-        ),
+        grid=Grid.of(png_data_url(grid), cols, count, kernels.shape[0], GAP),
         kernels=np.moveaxis(kernels, -1, 0).tolist(),
         chain=Chain(**chain) if chain else None,
     )
@@ -231,7 +152,9 @@ class Explainer:
     ) -> None:
 
         if description.get("format") != EXPLAINER_FORMAT:
-            raise ValueError(f"explainer.json format {description.get('format')}: expected 1")
+            raise ValueError(
+                f"explainer.json format {description.get('format')}: expected {EXPLAINER_FORMAT}"
+            )
         # One intra-op thread: explaining is a learner's click, not traffic; it must not take
         # the cores /classify and /predict run on.
         self.runtime = OnnxClassifier(onnx_file, threads=1)

@@ -1,34 +1,71 @@
-"""Turning untrusted request content into model input, or into a 4xx naming the problem."""
+"""Turning untrusted request content into model input, or into a 4xx naming the problem.
+
+Decoding an upload is bounded twice (docs/serving.md, "Uploads in bounded memory"): an image
+whose decoding would need more than serve.max_decode_mb is refused with 413 from its header
+alone, before a pixel is decoded (a 200 KB PNG can declare 7000x7000 RGBA, 196 MB decoded); and a
+worker decodes at most serve.decode_threads uploads at once, in a pool of its own (asyncio's
+default pool would run min(32, CPUs + 4), counting the node's CPUs, not the pod's). The
+preprocessing itself (pipeline/core/preprocess.py) never copies a large image whole.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from prometheus_client import Counter
 from starlette.responses import JSONResponse
 
-from pipeline.core.preprocess import image_to_colour_pixels, image_to_pixels
+from pipeline.core.preprocess import Fitted, decode_bytes, fit_image, shrink_on_load
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")  # the only decoders PIL may use
-MAX_PIXELS = 50_000_000  # width x height; a small file can declare a huge image
+# PNG text chunks (tEXt/zTXt/iTXt) kept per image: Pillow's default allows 64 MB of them.
+MAX_PNG_TEXT_BYTES = 1_000_000
+MB = 1_000_000
+RETRY_AFTER_S = 1  # what a shed request is told: a second is many answers here
+
+SHED = Counter(
+    "fashion_requests_shed",
+    "Prediction requests answered 503 because the worker was busy: in_flight or body_bytes "
+    "(refused on arrival: service/admission.py), decode_wait or model_wait (admitted, then "
+    "waited over serve.request_timeout_s)",
+    ["reason"],
+)
 
 
 class InputError(ValueError):
     """A request the service cannot use: answered with `status` and {"error": message}."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = dict(headers or {})
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": str(self)}, status_code=self.status)
+        return JSONResponse({"error": str(self)}, status_code=self.status, headers=self.headers)
 
 
-def open_image(data: bytes) -> Image.Image:
-    """Decode a PNG/JPEG/WebP/BMP/GIF file fully (first frame of an animation)."""
+class Busy(InputError):
+    """503 with Retry-After: this worker cannot take the request now (counted by `reason`)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
+        super().__init__(503, f"busy: {message}; retry in {RETRY_AFTER_S} s", retry)
+        self.reason = reason
+
+    def response(self) -> JSONResponse:
+        SHED.labels(self.reason).inc()
+        return super().response()
+
+
+def open_image(data: bytes, max_decode_bytes: int) -> Image.Image:
+    """An upload's header read, nothing decoded yet: a PNG/JPEG/WebP/BMP/GIF file (first frame
+    of an animation) whose decoding fits in `max_decode_bytes`, or an InputError."""
     if not data:
         raise InputError(422, "image is empty (0 bytes)")
     with warnings.catch_warnings():
@@ -41,47 +78,61 @@ def open_image(data: bytes) -> Image.Image:
             raise InputError(413, f"image is too large: {err}") from None
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             raise InputError(422, f"image header could not be read: {err}") from None
-    if image.width * image.height > MAX_PIXELS:
+    if (need := decode_bytes(image)) > max_decode_bytes:
         raise InputError(
-            413, f"image is {image.width}x{image.height} pixels, more than {MAX_PIXELS:,} in total"
+            413,
+            f"image is {image.width}x{image.height} pixels ({image.format}, {image.mode}): "
+            f"decoding it would take about {need / MB:,.0f} MB, more than the "
+            f"{max_decode_bytes / MB:,.0f} MB allowed (serve.max_decode_mb); send it smaller "
+            "(the model sees 28x28 pixels)",
         )
+    return image
+
+
+def fit_upload(data: bytes, invert: bool | None, colour: bool, max_decode_bytes: int) -> Fitted:
+    """File bytes -> the model's 28x28 input (and its colour version when asked for) through the
+    shared preprocessing; invert=None: automatic."""
+    image = open_image(data, max_decode_bytes)
     try:
+        shrink_on_load(image)
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise InputError(
             422, f"{image.format} image could not be decoded (truncated or corrupt?): {err}"
         ) from None
-    return image
-
-
-def _unusable(image: Image.Image, err: Exception) -> InputError:
-    return InputError(422, f"{image.format} image in mode {image.mode} is not usable: {err}")
-
-
-def image_pixels(data: bytes, invert: bool | None) -> tuple[np.ndarray, bool]:
-    """File bytes -> (uint8 (28, 28), inverted) through the shared preprocessing
-    (invert=None: automatic)."""
-    image = open_image(data)
     try:
-        return image_to_pixels(image, invert=invert)
+        return fit_image(image, invert, colour)
     except (OSError, ValueError) as err:
-        raise _unusable(image, err) from None
+        raise InputError(
+            422, f"{image.format} image in mode {image.mode} is not usable: {err}"
+        ) from None
 
 
-def image_file_pixels(path: Path, invert: bool | None) -> tuple[np.ndarray, bool]:
-    return image_pixels(path.read_bytes(), invert)
+class Decoder:
+    """One worker's uploads decoded in a pool of `threads`: more wait their turn, at most
+    `max_wait` seconds (then Busy: 503). A request cancelled while it waits (its client gone,
+    BentoML's timeout) is never decoded."""
 
+    def __init__(self, threads: int, max_decode_mb: float, max_wait: float) -> None:
+        # Process-wide, set here rather than at import: the limit is the service's choice.
+        PngImagePlugin.MAX_TEXT_MEMORY = MAX_PNG_TEXT_BYTES
+        self.max_decode_bytes = int(max_decode_mb * MB)
+        self.max_wait = max_wait
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
 
-def image_file_pixels_and_colour(
-    path: Path, invert: bool | None
-) -> tuple[np.ndarray, bool, np.ndarray | None]:
-    """Like image_file_pixels, plus the colour version (28, 28, 3) of a colour image (else None)."""
-    image = open_image(path.read_bytes())
-    try:
-        pixels, inverted = image_to_pixels(image, invert=invert)
-        return pixels, inverted, image_to_colour_pixels(image, inverted)
-    except (OSError, ValueError) as err:
-        raise _unusable(image, err) from None
+    async def fit(self, path: Path, invert: bool | None, colour: bool = False) -> Fitted:
+        """The upload saved at `path` fitted to the model, or an InputError."""
+        loop = asyncio.get_running_loop()
+        queued = time.monotonic()
+        return await loop.run_in_executor(self.pool, self._fit_file, path, invert, colour, queued)
+
+    def _fit_file(self, path: Path, invert: bool | None, colour: bool, queued: float) -> Fitted:
+        if time.monotonic() - queued > self.max_wait:
+            raise Busy(
+                "decode_wait",
+                f"waited over {self.max_wait:g} s for a decoder (serve.request_timeout_s)",
+            )
+        return fit_upload(path.read_bytes(), invert, colour, self.max_decode_bytes)
 
 
 def check_count(n: int, limit: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 
 import numpy as np
 
@@ -33,3 +34,15 @@ def sha256(data: bytes) -> str:
 
 def gz(data: bytes) -> bytes:
     return gzip.compress(data, mtime=0)
+
+
+def gzip_bomb(size: int) -> bytes:
+    """A small valid gzip stream (about size / 1000 bytes) that decompresses to `size` zero bytes,
+    compressed piece by piece so that making it never holds `size` bytes."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1 << 20)
+    parts = [
+        deflate.compress(block[: min(len(block), size - done)])
+        for done in range(0, size, len(block))
+    ]
+    return b"".join(parts) + deflate.flush()

@@ -51,29 +51,47 @@ def latest_version(home: Path, name: str) -> str | None:
     return info["labels"]["mlflow_model_version"]
 
 
-# Crafted runs: the pipeline's model logged like `train` and `evaluate` do (model, its SHA-256,
-# layer table, validation split hash, evaluation tables), with chosen validation and test
+# Crafted runs: the pipeline's model ("base") or a copy whose class-0 bias is raised, so that it
+# answers otherwise on many images ("shifted"), logged like `train` and `evaluate` do (model, its
+# SHA-256, layer table, validation split hash, evaluation tables), with chosen validation and test
 # accuracies; the predictions table is optionally tampered with, so the parity check must fail;
 # a run left RUNNING is no candidate until the test ends it (a run that finishes later).
+# Also written: disagree.npz, the validation and test images where the two models' classes
+# differ, with each model's class (feedback slices on which one is right and the other wrong).
 MAKE_RUNS = r"""
 import json, os, sys, tempfile
 from pathlib import Path
-import keras, mlflow
+import keras, mlflow, numpy as np
 from pipeline.shared.dataset import content_hash, load_split
 from pipeline.evaluate import evaluate_predictions
 from pipeline.core.inference import file_sha256
 from pipeline.shared.keras_runtime import Classifier
 from pipeline.shared.tracking import download_keras_file
+from pipeline.training.model import network
 
 mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-model = keras.saving.load_model("models/model.keras")
+models = {"base": keras.saving.load_model("models/model.keras")}
+models["shifted"] = keras.saving.load_model("models/model.keras")
+bias = network(models["shifted"]).get_layer("probabilities").bias
+bias.assign(bias.numpy() + np.eye(10, dtype="float32")[0] * 3.0)
 data = Path(sys.argv[2])
-test = load_split(data / "test.npz")
-val_hash = content_hash(load_split(data / "val.npz"))
-result = evaluate_predictions(test.y, Classifier(model).predict_proba(test.x))
+test, val = load_split(data / "test.npz"), load_split(data / "val.npz")
+val_hash = content_hash(val)
+images = np.concatenate([val.x, test.x])
+answers = {}
+for kind, model in models.items():
+    with tempfile.TemporaryDirectory() as tmp:  # as register will load it: from the saved file
+        model.save(f"{tmp}/m.keras")
+        answers[kind] = Classifier.from_file(f"{tmp}/m.keras").predict_proba(images).argmax(axis=1)
+differ = answers["base"] != answers["shifted"]
+np.savez(data / "disagree.npz", x=images[differ], base=answers["base"][differ],
+         shifted=answers["shifted"][differ])
+results = {k: evaluate_predictions(test.y, Classifier(m).predict_proba(test.x))
+           for k, m in models.items()}
 run_ids = {}
 for spec in json.loads(sys.argv[1]):
     mlflow.set_experiment(spec["experiment"])
+    model, result = models[spec["model"]], results[spec["model"]]
     tags = {"git_commit": "crafted", "data_hash": "crafted", "val_data_hash": val_hash}
     with mlflow.start_run(tags=tags) as active, tempfile.TemporaryDirectory() as tmp:
         info = mlflow.keras.log_model(model, name="model", pip_requirements=["tensorflow", "keras"])
@@ -94,7 +112,9 @@ print("RUNS=" + json.dumps(run_ids))
 """
 
 
-SCENARIOS = {  # experiment: {run: (validation accuracy, test accuracy, tampered, left running)}
+# experiment: {run: (validation accuracy, test accuracy, tampered, left running[, model])}; the
+# model is "base" unless named
+SCENARIOS = {
     "floor": {"floor": (0.40, 0.95, False, False)},
     "first": {"first": (0.80, 0.80, False, False)},
     "parity": {"parity": (0.85, 0.85, True, False)},
@@ -107,7 +127,15 @@ SCENARIOS = {  # experiment: {run: (validation accuracy, test accuracy, tampered
     "race-last": {"worse": (0.80, 0.80, False, False), "better": (0.90, 0.80, False, True)},
     # registers killed at each step of promoting `new` over `old`
     "killed": {"old": (0.80, 0.80, False, False), "new": (0.90, 0.80, False, True)},
+    # the gate's two sides, on a feedback slice where "base" is right and "shifted" wrong
+    "fb-first": {"fb-first": (0.80, 0.80, False, False, "shifted")},
+    "fb-both": {"fb-both": (0.85, 0.80, False, False, "base")},
+    "fb-val": {"fb-val": (0.70, 0.80, False, False, "base")},
+    "fb-slice": {"fb-slice": (0.90, 0.80, False, False, "shifted")},
+    # a rollback: `new` finishes after `old` was promoted, replaces it, then is rolled back
+    "rollback": {"old": (0.80, 0.80, False, False), "new": (0.90, 0.80, False, True)},
 }
+SPEC_FIELDS = ("val", "test", "tamper", "running", "model")
 
 
 # The crafted runs are evaluated on the first 1,000 test images of the small run (all ten
@@ -131,7 +159,7 @@ def crafted(pipeline_run: Path, pipeline_env: dict) -> dict[str, str]:
         {
             "key": f"{prefix}-{experiment}" + ("" if name == experiment else f"/{name}"),
             "experiment": f"{prefix}-{experiment}",
-            **dict(zip(("val", "test", "tamper", "running"), spec, strict=True)),
+            **dict(zip(SPEC_FIELDS, (*spec, "base")[: len(SPEC_FIELDS)], strict=True)),
         }
         for experiment, runs in SCENARIOS.items()
         for name, spec in runs.items()
@@ -151,32 +179,56 @@ def crafted(pipeline_run: Path, pipeline_env: dict) -> dict[str, str]:
     return {"prefix": prefix, **json.loads(line.removeprefix("RUNS="))}
 
 
-def register_args(ws: Path, tmp: Path, experiment: str, model: str) -> tuple[list[str], Path]:
-    """The stage's command with its own experiment and registered/BentoML model names, and the
-    champion.json it writes."""
+def params_file(ws: Path, tmp: Path, experiment: str, model: str) -> Path:
+    """The workspace's params with their own experiment and registered/BentoML model names."""
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["mlflow"] |= {"experiment_name": experiment, "registered_model_name": model}
     params["serve"]["bento_model_name"] = model
-    params_file = tmp / f"params-{experiment}.yaml"
-    params_file.write_text(yaml.safe_dump(params))
+    path = tmp / f"params-{experiment}-{model}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def register_args(
+    ws: Path, tmp: Path, experiment: str, model: str, data: Path | None = None, *extra: str
+) -> tuple[list[str], Path]:
+    """The stage's command with its own experiment and registered/BentoML model names, on the
+    crafted data (or `data`), and the champion.json it writes."""
     out = tmp / f"champion-{experiment}-{uuid.uuid4().hex[:6]}.json"
-    cmd = register_cmd("--params", str(params_file), "--out", str(out))
-    return [*cmd, "--data", str(crafted_data(ws))], out
+    cmd = register_cmd("--params", str(params_file(ws, tmp, experiment, model)), "--out", str(out))
+    return [*cmd, "--data", str(data or crafted_data(ws)), *extra], out
 
 
-def register(ws: Path, env: dict, tmp: Path, experiment: str, model: str):
+def rollback_args(ws: Path, tmp: Path, model: str, *args: str) -> tuple[list[str], Path]:
+    """`python -m pipeline.rollback` on a registered model of crafted runs, and its champion.json."""
+    out = tmp / f"rollback-{model}-{uuid.uuid4().hex[:6]}.json"
+    cmd = [str(BIN / "python"), "-m", "pipeline.rollback", *args, "--out", str(out)]
+    return [*cmd, "--params", str(params_file(ws, tmp, model, model))], out
+
+
+def register(
+    ws: Path, env: dict, tmp: Path, experiment: str, model: str, data: Path | None = None,
+    *extra: str,
+):  # fmt: skip
     """Run the stage on an experiment of crafted runs: (process, champion.json or None)."""
-    cmd, out = register_args(ws, tmp, experiment, model)
+    return finished(ws, env, *register_args(ws, tmp, experiment, model, data, *extra))
+
+
+def finished(ws: Path, env: dict, cmd: list[str], out: Path):
+    """Run a command that writes a champion.json: (process, that record or None)."""
     proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=600)
     return proc, (json.loads(out.read_text()) if proc.returncode == 0 else None)
 
 
 class Stopped:
-    """A register started with REGISTER_STOP_AT=<step>, waited for until it stops there; then
-    resumed (`finish`) or killed (`kill`)."""
+    """A register (or `command`: (argv, its champion.json)) started with REGISTER_STOP_AT=<step>,
+    waited for until it stops there; then resumed (`finish`) or killed (`kill`)."""
 
-    def __init__(self, ws: Path, env: dict, tmp: Path, experiment: str, model: str, step: str):
-        cmd, self.out = register_args(ws, tmp, experiment, model)
+    def __init__(
+        self, ws: Path, env: dict, tmp: Path, experiment: str, model: str, step: str,
+        command: tuple[list[str], Path] | None = None,
+    ):  # fmt: skip
+        cmd, self.out = command or register_args(ws, tmp, experiment, model)
         self.log = tmp / f"register-{uuid.uuid4().hex[:6]}.log"
         self.step = step
         self.proc = subprocess.Popen(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +27,34 @@ def champion(pipeline_run: Path, pipeline_env: dict) -> dict:
     return json.loads(out.read_text())
 
 
+@dataclass(frozen=True)
+class Served:
+    """A running `bentoml serve`: where it answers, its process (for its memory), its log."""
+
+    url: str
+    pid: int
+    log: Path
+
+
 @pytest.fixture(scope="session")
-def service_url(
+def served(
     pipeline_run: Path, pipeline_env: dict, champion: dict, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """`bentoml serve` from the workspace root (bentofile.yaml), serving the champion."""
+) -> Iterator[Served]:
+    """`bentoml serve` from the workspace root (bentofile.yaml), serving the champion with the
+    default params (two workers)."""
     port = free_port()
     log = tmp_path_factory.mktemp("bentoml_serve") / "serve.log"
     cmd = [str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     proc = start_server(cmd, pipeline_run, pipeline_env, log, f"{url}/readyz", 240)
-    yield url
+    yield Served(url, proc.pid, log)
     stop(proc)
+
+
+@pytest.fixture(scope="session")
+def service_url(served: Served) -> str:
+    """The URL of the session's `bentoml serve` (fixture `served`)."""
+    return served.url
 
 
 @pytest.fixture(scope="session")

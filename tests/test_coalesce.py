@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.coalesce import Coalescer
+from service.coalesce import Coalescer, Expired
 
 pytestmark = pytest.mark.unit
 
@@ -86,8 +86,9 @@ def test_a_failed_call_fails_its_requests_only():
 
     async def run() -> list[np.ndarray | BaseException]:
         coalesce = Coalescer(model, max_batch=4, max_in_flight=1)
-        first = await asyncio.gather(*(coalesce(r) for r in requests_of([1] * 8)),
-                                     return_exceptions=True)  # fmt: skip
+        first = await asyncio.gather(
+            *(coalesce(r) for r in requests_of([1] * 8)), return_exceptions=True
+        )
         after = await coalesce(requests_of([2])[0])  # the coalescer keeps working
         return [*first, after]
 
@@ -119,3 +120,50 @@ def test_a_request_larger_than_a_batch_is_refused():
 
     with pytest.raises(ValueError, match="5 images > max_batch=4"):
         asyncio.run(run())
+
+
+def test_requests_cancelled_while_queued_never_reach_the_model():
+    """A request whose caller is cancelled (client gone, BentoML's 504) before its batch is sent
+    leaves the queue: the model computes only what someone still waits for."""
+    model = FakeModel(delay=0.02)
+    abandoned: list[tuple[str, int]] = []
+
+    async def run() -> list[np.ndarray]:
+        coalesce = Coalescer(
+            model,
+            max_batch=8,
+            max_in_flight=1,
+            on_abandoned=lambda reason, n: abandoned.append((reason, n)),
+        )
+        tasks = [asyncio.ensure_future(coalesce(r)) for r in requests_of([1, 2, 3])]
+        await asyncio.sleep(0)  # request 0 is in the model; 1 and 2 wait for the next call
+        tasks[1].cancel()
+        return await asyncio.gather(tasks[0], tasks[2])
+
+    first, third = asyncio.run(run())
+    assert first.tolist() == [0] and third.tolist() == [8, 8, 8]
+    assert model.batches == [1, 3], "the cancelled request's images were computed"
+    assert abandoned == [("cancelled", 2)]
+
+
+def test_a_request_that_waited_past_max_wait_expires_unsent():
+    model = FakeModel(delay=0.05)
+    abandoned: list[tuple[str, int]] = []
+
+    async def run() -> list[np.ndarray | BaseException]:
+        coalesce = Coalescer(
+            model,
+            max_batch=8,
+            max_in_flight=1,
+            max_wait=0.01,
+            on_abandoned=lambda reason, n: abandoned.append((reason, n)),
+        )
+        return await asyncio.gather(
+            *(coalesce(r) for r in requests_of([1, 1])), return_exceptions=True
+        )
+
+    first, second = asyncio.run(run())
+    assert first.tolist() == [0]
+    assert isinstance(second, Expired)  # it waited 0.05 s behind the first call, past 0.01 s
+    assert model.batches == [1]
+    assert abandoned == [("expired", 1)]

@@ -12,7 +12,9 @@ import copy
 import kubernetes_validate
 import pytest
 import yaml
+from bentoml._internal.bento.build_config import BentoBuildConfig
 from bentoml._internal.container.generate import BENTO_UID_GID
+from bentoml._internal.utils.analytics import usage_stats
 from conftest import REPO
 
 from harness.manifests import K8S_DIR, ManifestError, containers, find, for_podman, render
@@ -51,7 +53,7 @@ def test_every_object_is_valid_for_the_kubernetes_api(docs, version):
     kinds = [d["kind"] for d in docs]
     assert sorted(kinds) == sorted(
         ["Deployment", "Service", "PersistentVolumeClaim", "HorizontalPodAutoscaler",
-         "PodDisruptionBudget"]
+         "PodDisruptionBudget", "NetworkPolicy", "Ingress"]
     )  # fmt: skip
     for doc in docs:
         # strict: a field the API does not know (a typo) is an error, not silently dropped
@@ -86,6 +88,74 @@ def test_service_hpa_and_pdb_find_the_deployments_pods(docs, container):
     assert hpa["minReplicas"] - pdb["spec"]["maxUnavailable"] >= 1
     # the HPA's CPU utilisation is a share of the request: without one it has nothing to measure
     assert "cpu" in container["resources"]["requests"]
+
+
+def port_number(container: dict, port: int | str) -> int:
+    """A port of `container` given by number or by name, as a number."""
+    if isinstance(port, int):
+        return port
+    (number,) = [p["containerPort"] for p in container["ports"] if p["name"] == port]
+    return number
+
+
+def test_the_network_policy_admits_only_the_ingress_controller_and_prometheus_to_the_http_port(
+    docs, container
+):
+    pods = find(docs, "Deployment")["spec"]["template"]["metadata"]
+    policy = find(docs, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pods["labels"].items()
+    # Both directions are policed; no egress rule at all: the service calls nothing, not even DNS
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"] and policy["egress"] == []
+    (rule,) = policy["ingress"]
+    admitted = {port_number(container, p["port"]) for p in rule["ports"]}
+    assert {p.get("protocol", "TCP") for p in rule["ports"]} == {"TCP"}
+    probes = {
+        port_number(container, container[name]["httpGet"]["port"])
+        for name in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
+    service = find(docs, "Service")
+    targets = {port_number(container, p["targetPort"]) for p in service["spec"]["ports"]}
+    scraped = {int(pods["annotations"]["prometheus.io/port"])}
+    # the one port the probes, the Service (so the ingress controller) and Prometheus use: no other
+    assert admitted == probes == targets == scraped == {port_number(container, "http")}
+    # from two peers only, each narrowed by a selector (an empty `from` would admit every pod)
+    peers = rule["from"]
+    assert len(peers) == 2 and all(peer.get("namespaceSelector") for peer in peers)
+    namespaces = [
+        p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in peers
+    ]
+    assert namespaces == ["ingress-nginx", "monitoring"]  # docs/deploy.md says to adapt them
+    assert peers[1]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+
+
+def test_the_ingress_serves_the_service_over_tls(docs):
+    ingress = find(docs, "Ingress")["spec"]
+    service = find(docs, "Service")
+    service_ports = service["spec"]["ports"]
+    hosts = set()
+    for rule in ingress["rules"]:
+        hosts.add(rule["host"])
+        (path,) = rule["http"]["paths"]
+        assert (path["path"], path["pathType"]) == ("/", "Prefix")
+        backend = path["backend"]["service"]
+        assert backend["name"] == service["metadata"]["name"]
+        port = backend["port"]
+        assert port.get("name") in {p["name"] for p in service_ports} or port.get("number") in {
+            p["port"] for p in service_ports
+        }, port
+    # every host has its certificate: no rule is served over plain HTTP only
+    assert hosts and hosts <= {h for tls in ingress["tls"] for h in tls["hosts"]}
+    assert all(tls["secretName"] for tls in ingress["tls"])
+    assert "ingressClassName" not in ingress  # the cluster's default class: kept generic
+
+
+def test_bentoml_usage_tracking_is_off_in_the_image_and_the_pod(container, monkeypatch):
+    bentofile = BentoBuildConfig.from_yaml((REPO / "bentofile.yaml").open())
+    in_image = {e.name: e.value for e in bentofile.envs}  # what BentoML writes as ENV lines
+    in_pod = env(container)["BENTOML_DO_NOT_TRACK"]["value"]
+    for value in (in_image["BENTOML_DO_NOT_TRACK"], in_pod):
+        monkeypatch.setenv("BENTOML_DO_NOT_TRACK", value)
+        assert usage_stats.do_not_track.__wrapped__() is True, value  # BentoML's own reading
 
 
 def test_the_pod_runs_as_the_images_user_with_nothing_writable_but_its_volumes(pod_spec, container):

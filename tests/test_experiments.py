@@ -216,7 +216,7 @@ def test_apply_the_best_then_repro_retrains_nothing(sweep):
     best = max(val, key=val.get)
     run([DVC, "exp", "apply", best], ws, env)
     out = run([DVC, "repro"], ws, env).stdout
-    assert re.findall(r"Running stage '(\w+)'", out) == ["register"], out
+    assert re.findall(r"Running stage '(\w+)'", out) == ["feedback", "register"], out
     applied = json.loads((ws / "reports" / "train" / "metrics.json").read_text())
     assert applied["best_val_accuracy"] == val[best]
     branch = f"{best}-branch"

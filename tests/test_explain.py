@@ -15,7 +15,6 @@ from PIL import Image
 
 from pipeline.core.architecture import layer_table
 from service.explain import (
-    Grid,
     diverging_rgb,
     filters_view,
     formula,
@@ -25,6 +24,7 @@ from service.explain import (
     scale_maps,
     tile_grid,
 )
+from service.schemas import Grid
 
 
 def decode(url: str) -> np.ndarray:

@@ -1,10 +1,14 @@
 """Section 4 of the /ui page, the CNN lesson, in Debian's Chromium against the real service.
 
-Every number the page writes is checked against numpy's own arithmetic on the same pixels: the
-worked sum of an output pixel, output and pooled sizes, pooled maxima, a colour image's 27
-products; a learned filter against the served network's own first convolution (its Keras model
-from the BentoML store) and the chain z = W·a + b, a = g(z) against the served explainer's
-feature map (ONNX Runtime on the same store's explainer.onnx).
+The arithmetic itself (service/ui/lesson-math.js) is tests/test_lesson_math.py's, in Node on
+every kernel, padding, stride and pooling case of tests/lesson_reference.py. Here is what only a
+browser shows, on a served test image, checked against the same numpy functions: a typed kernel
+and a clicked pixel give the worked sum written out; every padding x stride draws the output the
+formula says, and pooling the pooled map; the textbook examples load; a colour upload shows its
+three channels and 27 products; a learned filter gives the served network's own first convolution
+(its Keras model from the BentoML store) and the chain z = W·a + b, a = g(z) ends at the served
+explainer's feature map (ONNX Runtime on the same store's explainer.onnx); the arrow keys, a phone
+screen, no console errors.
 """
 
 from __future__ import annotations
@@ -16,47 +20,31 @@ import numpy as np
 import pytest
 import requests
 from browser_fixtures import PHONE, clear_item, explained, open_page, png, post, save_screenshot
-from numpy.lib.stride_tricks import sliding_window_view
+from lesson_reference import (
+    LINE_RIGHT,
+    PADDINGS,
+    POOL_STRIDES,
+    POOL_WINDOWS,
+    STRIDES,
+    TEXTBOOK_SMALL,
+    TEXTBOOK_STRIDED_OUTPUT,
+    TOP_SOBEL,
+    correlate,
+    formula,
+    kernel_text,
+    max_pool,
+    pads,
+    typed_kernels,
+    values_text,
+)
 from PIL import Image
 
-from pipeline.core.architecture import total_padding
 from pipeline.core.preprocess import image_to_colour_pixels
 
 pytest_plugins = ["service_fixtures", "browser_fixtures"]
 pytestmark = pytest.mark.service
 
-TOP_SOBEL = [[1, 2, 1], [0, 0, 0], [-1, -2, -1]]
-
-
-# --- numpy's side -----------------------------------------------------------------------------
-
-
-def pads(n: int, f: int, s: int, padding: str) -> tuple[int, int]:
-    """Zero rows before and after, as Keras pads (the product's layer table uses the same rule)."""
-    total = total_padding(n, f, s, padding)
-    return total // 2, total - total // 2
-
-
-def correlate(x: np.ndarray, kernel: np.ndarray, s: int, padding: str) -> np.ndarray:
-    """Cross-correlation of (n, n) or (n, n, C) with (f, f) or (f, f, C): numpy's reference."""
-    x = np.asarray(x, np.float64)
-    kernel = np.asarray(kernel, np.float64)
-    if x.ndim == 2:
-        x, kernel = x[..., None], kernel[..., None]
-    before, after = pads(x.shape[0], kernel.shape[0], s, padding)
-    padded = np.pad(x, ((before, after), (before, after), (0, 0)))
-    windows = sliding_window_view(padded, kernel.shape[:2], axis=(0, 1))[::s, ::s]
-    return np.einsum("rcCij,ijC->rc", windows, kernel)
-
-
-def max_pool(x: np.ndarray, f: int, s: int) -> np.ndarray:
-    return sliding_window_view(x, (f, f))[::s, ::s].max(axis=(2, 3))
-
-
-def formula(n: int, f: int, s: int, padding: str) -> tuple[int, str]:
-    p = total_padding(n, f, s, padding) / 2
-    out = int((n + 2 * p - f) // s) + 1
-    return out, f"floor(({n} + 2*{p:g} - {f}) / {s}) + 1 = {out}"
+# --- reading the page ---------------------------------------------------------------------------
 
 
 def number(text: str) -> float:
@@ -79,7 +67,7 @@ def choose(
 ):
     if typed is not None:
         page.select_option("#lesson-kernel", "typed")
-        page.fill("#lesson-typed", "\n".join(" ".join(str(w) for w in row) for row in typed))
+        page.fill("#lesson-typed", kernel_text(typed))
     elif kernel is not None:
         page.select_option("#lesson-kernel", kernel)
     if padding is not None:
@@ -145,22 +133,19 @@ def lesson(browser, service_url, test_images, evaluated, tmp_path) -> Iterator[t
 
 
 def test_worked_sums_equal_numpy_for_a_typed_kernel(lesson):
+    """Typed in, clicked, written out. Every typed kernel's sums at more pixels, and the
+    parsing of what is typed, are tests/test_lesson_math.py's."""
     page, console, pixels = lesson
-    rng = np.random.default_rng(7)
-    kernels = [
-        np.array(TOP_SOBEL),  # the issue's example kernel, as a person would type it
-        rng.integers(-4, 5, (5, 5)),
-        rng.integers(-9, 10, (4, 4)) / 2,  # halves: products with decimals
-    ]
-    for kernel in kernels:
-        for padding in ("valid", "same"):
-            choose(page, typed=kernel.tolist(), padding=padding, stride=1, pool=0)
+    sobel, _, halves = typed_kernels()  # halves: products with decimals, odd "same" padding
+    for kernel in (sobel, halves):
+        for padding in PADDINGS:
+            choose(page, typed=kernel, padding=padding, stride=1, pool=0)
             expected = correlate(pixels, kernel, 1, padding)
             n = expected.shape[0]
             assert drawn_cells(page, "#lesson-out") == n
             before, _ = pads(28, kernel.shape[0], 1, padding)
             padded = np.pad(pixels.astype(float), before + 3)  # room for the window anywhere
-            for r, c in [(0, 0), (n - 1, n - 1), (0, n - 1), (n // 2, n // 3), (7, 11)]:
+            for r, c in [(0, 0), (n - 1, n - 1), (n // 2, n // 3)]:
                 point(page, "#lesson-out", r, c)
                 (line,) = worked_sum(page)
                 terms, total = parse_sum(line)
@@ -174,34 +159,41 @@ def test_worked_sums_equal_numpy_for_a_typed_kernel(lesson):
 
 
 def test_sizes_follow_the_formula_and_pooling_equals_numpy(lesson):
+    """Every padding x stride and pooling window x stride: the formula shown and the map drawn;
+    the pooled cells a click picks. Every pooled value and where it came from, for each of these
+    cases, is tests/test_lesson_math.py's."""
     page, console, pixels = lesson
-    kernel = np.array([[0, 1, -1], [0, 1, -1], [0, 1, -1]])  # a line detector, integers
-    choose(page, kernel="line-right")
-    for padding in ("valid", "same"):
-        for stride in (1, 2, 3):
+    choose(page, kernel="line-right")  # a line detector, integers
+    for padding in PADDINGS:
+        for stride in STRIDES:
             choose(page, padding=padding, stride=stride, pool=0)
             n_out, text = formula(28, 3, stride, padding)
-            expected = correlate(pixels, kernel, stride, padding)
+            expected = correlate(pixels, LINE_RIGHT, stride, padding)
             assert expected.shape == (n_out, n_out)
             assert page.inner_text("#lesson-formula") == text
             assert drawn_cells(page, "#lesson-out") == n_out
             assert f"Output drawn: {n_out}×{n_out}." in page.inner_text("#lesson-size")
-            for window in (2, 3):
-                for pool_stride in (1, 2, 3):
+            for window in POOL_WINDOWS:
+                for pool_stride in POOL_STRIDES:
                     choose(page, pool=window, pool_stride=pool_stride)
-                    pooled = max_pool(expected, window, pool_stride)
                     m, pool_text = formula(n_out, window, pool_stride, "valid")
-                    assert pooled.shape == (m, m)
                     assert page.inner_text("#lesson-pool-formula") == pool_text
                     assert drawn_cells(page, "#lesson-pool-out") == m
-                    for r, c in {(0, 0), (m - 1, m - 1), (m // 2, m - 1)}:
-                        point(page, "#lesson-pool-out", r, c)
-                        text = page.inner_text("#lesson-pool-max")
-                        assert text.startswith(f"Pooled cell (row {r}, column {c}):"), text
-                        values, best = re.search(r"max\((.*)\) = (\S+), from", text).groups()
-                        cell = expected[r * pool_stride :, c * pool_stride :][:window, :window]
-                        assert [number(v) for v in values.split(", ")] == cell.ravel().tolist()
-                        assert number(best) == pooled[r, c]
+    # Clicks on pooled cells: the network's 2x2 at stride 2, and overlapping 3x3 windows.
+    choose(page, padding="same", stride=1)
+    expected = correlate(pixels, LINE_RIGHT, 1, "same")
+    for window, pool_stride in ((2, 2), (3, 1)):
+        choose(page, pool=window, pool_stride=pool_stride)
+        pooled = max_pool(expected, window, pool_stride)
+        m = pooled.shape[0]
+        for r, c in [(0, 0), (m - 1, m - 1), (m // 2, m - 1)]:
+            point(page, "#lesson-pool-out", r, c)
+            text = page.inner_text("#lesson-pool-max")
+            assert text.startswith(f"Pooled cell (row {r}, column {c}):"), text
+            values, best = re.search(r"max\((.*)\) = (\S+), from", text).groups()
+            cell = expected[r * pool_stride :, c * pool_stride :][:window, :window]
+            assert [number(v) for v in values.split(", ")] == cell.ravel().tolist()
+            assert number(best) == pooled[r, c]
     assert console.errors == []
 
 
@@ -210,15 +202,9 @@ def test_textbook_examples(desktop):
     page.click("#lesson-load-strided")
     assert page.inner_text("#lesson-formula") == "floor((7 + 2*0 - 3) / 2) + 1 = 3"
     # The course slide prints 83 and 127 in the right-hand column; the nine products of those
-    # windows add up to 88 and 117 (numpy agrees), and the page says so.
+    # windows add up to 88 and 117 (numpy agrees: tests/test_lesson_math.py), and the page says so.
     values = page.inner_text("#lesson-values")
-    assert values == "Output values: [91 100 88; 69 91 117; 44 72 74]"
-    x = np.array(
-        [[2, 3, 7, 4, 6, 2, 9], [6, 6, 9, 8, 7, 4, 3], [3, 4, 8, 3, 8, 9, 7], [7, 8, 3, 6, 6, 3, 4],
-         [4, 2, 1, 8, 3, 4, 6], [3, 2, 4, 1, 9, 8, 3], [0, 1, 3, 9, 2, 1, 4]]
-    )  # fmt: skip
-    k = np.array([[3, 4, 4], [1, 0, 2], [-1, 0, 3]])
-    assert correlate(x, k, 2, "valid").tolist() == [[91, 100, 88], [69, 91, 117], [44, 72, 74]]
+    assert values == f"Output values: {values_text(np.array(TEXTBOOK_STRIDED_OUTPUT))}"
     assert "83" in page.inner_text("#lesson-textbook-note")
     point(page, "#lesson-out", 0, 2)
     (line,) = worked_sum(page)
@@ -228,14 +214,8 @@ def test_textbook_examples(desktop):
     for padding, size in (("valid", 2), ("same", 4)):
         choose(page, padding=padding)
         assert drawn_cells(page, "#lesson-out") == size
-        out = correlate(
-            np.array([[3, 0, 1, 2], [1, 5, 8, 9], [2, 7, 2, 5], [0, 1, 3, 1]]),
-            np.array([[1, 0, -1]] * 3),
-            1,
-            padding,
-        )
-        rows = "; ".join(" ".join(f"{v:g}".replace("-", "\u2212") for v in row) for row in out)
-        assert page.inner_text("#lesson-values") == f"Output values: [{rows}]"
+        out = correlate(*TEXTBOOK_SMALL, 1, padding)
+        assert page.inner_text("#lesson-values") == f"Output values: {values_text(out)}"
     assert console.errors == []
 
 
@@ -324,7 +304,7 @@ def test_colour_upload_shows_three_channels_and_27_products(desktop, service_url
     kernel = np.stack([np.array(TOP_SOBEL) * m for m in (1, -1, 0)], axis=-1)
     assert page.eval_on_selector_all("#lesson-kernel-tables td", "t => t.length") == 27
     expected = correlate(rgb, kernel, 1, "same")
-    for r, c in [(14, 14), (0, 0), (20, 5)]:
+    for r, c in [(14, 14), (0, 0)]:  # more pixels: tests/test_lesson_math.py's colour case
         point(page, "#lesson-out", r, c)
         *channels, total_line = worked_sum(page)
         assert len(channels) == 3

@@ -1,10 +1,10 @@
 """Monitoring: the service's prediction records and /metrics, and the drift report built on them.
 
-Unit tests check the pure parts on tiny arrays. The service tests send real requests to the
-session's `bentoml serve` (two workers) in three windows: 300 test images, the same kind of
-images rotated 90 degrees, then inverted; each window's /metrics counters must grow by exactly
-the answers given, and the report command, run on each window, must say not drifted, then
-drifted naming what moved.
+Unit tests check the pure parts on tiny arrays (the drift report's: tests/test_drift.py). The
+service tests send real requests to the session's `bentoml serve` (two workers) in three windows:
+300 test images, the same kind of images rotated 90 degrees, then inverted; each window's /metrics
+counters must grow by exactly the answers given, and the report command, run on each window, must
+say not drifted, then drifted naming what moved.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -31,7 +32,6 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.core.fashion_mnist import CLASS_NAMES
-from pipeline.core.params import MonitorParams
 from pipeline.core.prediction_log import (
     FIELDS,
     format_time,
@@ -39,17 +39,12 @@ from pipeline.core.prediction_log import (
     read_records,
     record_lines,
 )
-from pipeline.drift import (
-    build_report,
-    class_drift,
-    numeric_drift,
-    render_html,
-    write_metrics,
-)
+from pipeline.core.record_files import RecordLimits
+from pipeline.monitor.metrics import write_metrics
 
 pytest_plugins = ["service_fixtures"]  # service_url, test_images, champion
 
-THRESHOLDS = MonitorParams(window_hours=24, min_records=50, p_value=0.01, min_distance=0.1)
+ROOMY = RecordLimits(max_bytes=10**9, retention_seconds=86_400, part_bytes=10**8)
 UTC = dt.UTC
 
 
@@ -71,33 +66,6 @@ def test_image_features_describe_brightness_and_shape():
     assert f["pixel_std"][3] == pytest.approx(f["pixel_std"][1])  # ... same contrast
 
 
-@pytest.mark.unit
-def test_numeric_drift_needs_significance_and_size():
-    rng = np.random.default_rng(0)
-    reference = rng.normal(0, 1, 5000)
-    assert not numeric_drift(reference, rng.normal(0, 1, 300), THRESHOLDS).drifted
-    moved = numeric_drift(reference, rng.normal(1, 1, 300), THRESHOLDS)
-    assert moved.drifted and moved.distance > 0.3 and moved.p_value < 1e-10
-    assert moved.current["mean"] == pytest.approx(1, abs=0.2)
-    # A trivial shift in a huge window is significant, but too small to call drift.
-    tiny = numeric_drift(reference, rng.normal(0.05, 1, 200_000), THRESHOLDS)
-    assert tiny.p_value < THRESHOLDS.p_value and not tiny.drifted
-
-
-@pytest.mark.unit
-def test_class_drift_compares_shares():
-    rng = np.random.default_rng(1)
-    reference = rng.integers(0, 10, 2000)
-    same = class_drift(reference, rng.integers(0, 10, 300), THRESHOLDS)
-    assert not same.drifted and sum(same.current.values()) == pytest.approx(1)
-    bags = np.concatenate([rng.integers(0, 10, 150), np.full(150, 8)])  # half of them "Bag"
-    moved = class_drift(reference, bags, THRESHOLDS)
-    assert moved.drifted and moved.distance == pytest.approx(0.45, abs=0.05)
-    assert moved.current["Bag"] > 0.5 > moved.reference["Bag"]
-    # Classes nobody predicted are left out of the test instead of breaking it.
-    assert not class_drift(np.full(100, 3), np.full(100, 3), THRESHOLDS).drifted
-
-
 def fake_records(pixels: np.ndarray, class_ids: np.ndarray, start: float = 1.8e9) -> list[dict]:
     text = record_lines(
         times=[start + i for i in range(len(pixels))],
@@ -111,49 +79,6 @@ def fake_records(pixels: np.ndarray, class_ids: np.ndarray, start: float = 1.8e9
         bento_model="fashion-mnist-cnn:abc",
     )
     return [json.loads(line) for line in text.splitlines()]
-
-
-@pytest.mark.unit
-def test_report_verdicts_on_synthetic_windows():
-    rng = np.random.default_rng(2)
-
-    def images(n: int) -> np.ndarray:  # bars of random size and brightness: a toy "dataset"
-        out = np.zeros((n, 28, 28), np.uint8)
-        for image, h, w, v in zip(
-            out, rng.integers(8, 27, n), rng.integers(3, 12, n), rng.integers(120, 256, n),
-            strict=True,
-        ):  # fmt: skip
-            image[14 - h // 2 : 14 - h // 2 + h, 14 - w // 2 : 14 - w // 2 + w] = v
-        return out
-
-    train, val = images(2000), images(500)
-
-    def outputs_of(tag: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        assert tag == "fashion-mnist-cnn:abc"
-        return rng.integers(0, 10, len(x)), np.full(len(x), 0.9)
-
-    def report(records: list[dict]) -> dict:
-        summary, features, arrays = build_report(
-            records, train, val, THRESHOLDS, 0.5, outputs_of=outputs_of
-        )
-        page = render_html(summary, features, arrays)
-        assert summary["verdict"].upper() in page
-        return summary
-
-    few = report(fake_records(images(10), rng.integers(0, 10, 10)))
-    assert few["verdict"] == "insufficient data" and few["drifted"] is None
-    same = report(fake_records(images(300), rng.integers(0, 10, 300)))
-    assert same["verdict"] == "not drifted" and same["drifted_features"] == []
-    assert same["model"] == {
-        "bento_model": "fashion-mnist-cnn:abc",
-        "model_version": "3",
-        "records": 300,
-        "other_models_records": 0,
-    }
-    rotated = report(fake_records(np.rot90(images(300), axes=(1, 2)), rng.integers(0, 10, 300)))
-    assert rotated["verdict"] == "drifted" and rotated["drifted"] is True
-    assert rotated["drifted_features"] == ["log2_aspect"]
-    assert any(line.startswith("log2_aspect:") for line in rotated["what_moved"])
 
 
 @pytest.mark.unit
@@ -187,7 +112,9 @@ def test_recorder_writes_its_own_file_and_drops_rather_than_block(tmp_path):
     low = value("fashion_low_confidence_predictions_total", endpoint="predict")
     dropped = value("fashion_prediction_records_dropped_total", reason="queue_full")
     trousers = value("fashion_predictions_total", class_name="Trouser", endpoint="predict")
-    recorder = PredictionRecorder(tmp_path, "3", "m:1", 0.5, queue_size=2, flush_seconds=3600)
+    recorder = PredictionRecorder(
+        tmp_path, "3", "m:1", 0.5, queue_size=2, limits=ROOMY, flush_seconds=3600
+    )
     answers = [SimpleNamespace(class_id=1, class_name="Trouser", confidence=c) for c in (0.4, 0.9)]
     two = np.stack([tall_bar(), 255 - tall_bar()])
     recorder.record("predict", two, answers)
@@ -236,7 +163,7 @@ def test_recorder_survives_an_unwritable_directory(tmp_path):
     from service.monitoring import PredictionRecorder
 
     (tmp_path / "file").write_text("not a directory")
-    recorder = PredictionRecorder(tmp_path / "file" / "records", "3", "m:1", 0.5, 10, 3600)
+    recorder = PredictionRecorder(tmp_path / "file" / "records", "3", "m:1", 0.5, 10, ROOMY, 3600)
     before = REGISTRY.get_sample_value(
         "fashion_prediction_records_dropped_total", {"reason": "write_error"}
     )
@@ -386,16 +313,6 @@ def test_report_on_test_images_is_not_drifted(windows, pipeline_run, pipeline_en
     assert abs(verdict["fashion_drift_report_timestamp_seconds"] - time.time()) < 3600
 
 
-@pytest.mark.unit
-def test_the_verdict_metric_is_absent_without_a_verdict(tmp_path):
-    for drifted, expected in ((True, 1), (False, 0), (None, None)):
-        write_metrics({"records": 12, "drifted": drifted}, tmp_path / "drift.prom", 1.7e9)
-        got = drift_metrics(tmp_path / "drift.prom")
-        assert got.get("fashion_drift_detected") == expected
-        assert got["fashion_drift_records"] == 12
-        assert got["fashion_drift_report_timestamp_seconds"] == 1.7e9
-
-
 def drift_metrics(path: Path) -> dict[str, float]:
     """The drift report's Prometheus textfile: sample name -> value (each has one sample)."""
     families = text_string_to_metric_families(path.read_text())
@@ -427,6 +344,68 @@ def test_report_on_inverted_images_names_the_brightness(
     assert "pixel_std" not in summary["drifted_features"]  # 255 - x has the same contrast
     assert summary["features"]["pixel_mean"]["current"]["mean"] > 150
     assert "DRIFTED" in proc.stdout
+
+
+def metric_samples(url: str, name: str) -> list:
+    """The samples of one metric family in the service's /metrics (all workers, as BentoML merges)."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return [s for f in text_string_to_metric_families(text) if f.name == name for s in f.samples]
+
+
+def records_size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.glob("predictions-*.jsonl"))
+
+
+@pytest.mark.service
+def test_metrics_give_the_records_disk_once_not_per_worker(windows, service_url, pipeline_run):
+    """Both workers measure the same directory: /metrics shows the latest measurement, not the
+    sum of two (which would be twice the directory's size and twice the filesystem's)."""
+    directory = pipeline_run / "monitoring"
+    monitoring = yaml.safe_load((pipeline_run / "params.yaml").read_text())["serve"]["monitoring"]
+    (cap,) = metric_samples(service_url, "fashion_prediction_records_max_bytes")
+    assert cap.value == monitoring["max_disk_mb"] * 1_000_000 and "pid" not in cap.labels
+    fs = os.statvfs(directory)
+    (size,) = metric_samples(service_url, "fashion_prediction_records_filesystem_size_bytes")
+    assert size.value == fs.f_blocks * fs.f_frsize
+    (free,) = metric_samples(service_url, "fashion_prediction_records_filesystem_free_bytes")
+    # Free space moves with whatever else writes to this disk: within 5% of it.
+    assert abs(free.value - fs.f_bavail * fs.f_frsize) < 0.05 * size.value
+    # The windows' records are on disk; each worker measures every 30 s (TOUCH_SECONDS).
+    deadline = time.monotonic() + 120
+    while True:
+        (measured,) = metric_samples(service_url, "fashion_prediction_records_bytes")
+        if measured.value == records_size(directory) > 0:
+            break
+        assert time.monotonic() < deadline, (
+            f"fashion_prediction_records_bytes {measured.value} never showed the "
+            f"{records_size(directory)} bytes of {directory}"
+        )
+        time.sleep(1)
+
+
+BYTES_PER_RECORD = re.compile(r"(\d[\d,]*) bytes per record\b")
+
+
+@pytest.mark.service
+def test_records_take_the_bytes_the_docs_and_the_volume_say(windows, pipeline_run):
+    """The figure the cap, the volume and the docs are sized by (docs/monitoring.md, the PVC's
+    comment, params.yaml) against what the real service wrote for the windows' test images."""
+    lines = [
+        len(line) + 1  # and its newline
+        for path in (pipeline_run / "monitoring").glob("predictions-*.jsonl")
+        for line in path.read_bytes().splitlines()
+    ]
+    assert len(lines) >= 900  # the three windows at least
+    mean = sum(lines) / len(lines)
+    stated = {
+        path: {int(m.replace(",", "")) for m in BYTES_PER_RECORD.findall(path.read_text())}
+        for path in (REPO / "docs" / "monitoring.md", REPO / "deploy" / "k8s" / "records-pvc.yaml",
+                     REPO / "params.yaml")
+    }  # fmt: skip
+    figures = set().union(*stated.values())
+    assert all(stated.values()) and len(figures) == 1, f"one figure in each file: {stated}"
+    (figure,) = figures
+    assert abs(mean - figure) <= 0.1 * figure, f"records take {mean:.0f} bytes, docs say {figure}"
 
 
 # deploy/prometheus/: the alert rules (unit-tested with promtool) and the scrape config, run by a
@@ -465,7 +444,12 @@ def test_the_dashboard_is_provisionable_and_covers_the_alerts():
     for series in ("bentoml_service_request_total", "bentoml_service_request_duration_seconds",
                    "fashion_predictions_total", "fashion_prediction_confidence_bucket",
                    "fashion_low_confidence_predictions_total", "fashion_drift_detected",
-                   "fashion_prediction_records_dropped_total"):  # fmt: skip
+                   "fashion_prediction_records_dropped_total", "fashion_prediction_records_bytes",
+                   "fashion_prediction_records_max_bytes",
+                   "fashion_prediction_records_filesystem_free_bytes",
+                   "fashion_prediction_records_removed_bytes_total",
+                   "fashion_feedback_corrections_total", "fashion_feedback_refused_total",
+                   "fashion_requests_shed_total", "fashion_requests_in_flight"):  # fmt: skip
         assert series in queries, series
 
 
@@ -508,7 +492,7 @@ def test_prometheus_scrapes_the_service_and_evaluates_every_rule(
     ]
     textfiles = tmp_path / "monitor"
     textfiles.mkdir()
-    write_metrics({"records": 500, "drifted": True}, textfiles / "drift.prom", time.time())
+    write_metrics(500, True, textfiles / "drift.prom", time.time())
     exporter_port = free_port()
     exporter = start_server(
         [shutil.which("prometheus-node-exporter") or "prometheus-node-exporter",
@@ -554,6 +538,10 @@ def test_prometheus_scrapes_the_service_and_evaluates_every_rule(
             assert time.monotonic() < deadline, f"Prometheus never showed {expected}: {seen}"
             time.sleep(0.5)
         assert query('up{job="fashion-classifier"}')["result"][0]["value"][1] == "1"
+        # The records panel's series, scraped from the service: one value per target, the cap.
+        (cap,) = query("fashion_prediction_records_max_bytes")["result"]
+        monitoring = yaml.safe_load((REPO / "params.yaml").read_text())["serve"]["monitoring"]
+        assert float(cap["value"][1]) == monitoring["max_disk_mb"] * 1_000_000
         for expr in [rule["expr"] for rule in alert_rules().values()] + dashboard_queries():
             query(expr)  # 200: it parses and evaluates on the scraped series
         deadline = time.monotonic() + 60

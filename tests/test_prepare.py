@@ -5,17 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.core.params import PrepareParams
+from pipeline.core.feedback_log import pixels_sha256
+from pipeline.core.params import PrepareFeedbackParams, PrepareParams
 from pipeline.prepare import (
     check_splits,
     count_duplicates,
     count_shared,
     data_report,
+    in_feedback_slice,
+    mix_feedback,
     split_dataset,
     stratified_split,
     stratified_subset,
 )
-from pipeline.shared.dataset import DataError, Split
+from pipeline.shared.dataset import Corrections, DataError, Split, content_hash, corrections_from
+
+FEEDBACK = PrepareFeedbackParams(enabled=True, repeat=1, slice_permille=200)
 
 pytestmark = [pytest.mark.unit, pytest.mark.data]
 
@@ -47,13 +52,21 @@ def test_split_dataset_with_subset():
     splits = split_dataset(
         make_split(1000),
         make_split(50, 1),
-        PrepareParams(val_fraction=0.2, max_train_samples=500, max_test_samples=None, seed=0),
+        PrepareParams(
+            val_fraction=0.2,
+            max_train_samples=500,
+            max_test_samples=None,
+            seed=0,
+            feedback=FEEDBACK,
+        ),
     )
     assert {k: len(v) for k, v in splits.items()} == {"train": 400, "val": 100, "test": 50}
     check_splits(splits)
     # A test subset too (quick runs): stratified, every class kept.
     test = make_split(200, 1)
-    params = PrepareParams(val_fraction=0.2, max_train_samples=None, max_test_samples=30, seed=0)
+    params = PrepareParams(
+        val_fraction=0.2, max_train_samples=None, max_test_samples=30, seed=0, feedback=FEEDBACK
+    )
     subset = split_dataset(make_split(100), test, params)["test"]
     assert len(subset) == 30 and np.array_equal(np.bincount(subset.y), np.full(10, 3))
     check_splits({"test": subset})
@@ -91,3 +104,66 @@ def test_data_report():
     assert report["splits"]["test"]["pixel_mean"] == pytest.approx(test.x.mean(), abs=1e-3)
     assert list(counts.columns) == ["class", "train", "test"]
     assert counts["test"].sum() == 22
+
+
+def corrections(split: Split) -> Corrections:
+    hashes = [pixels_sha256(im) for im in split.x]
+    n = len(split)
+    return corrections_from(list(split.x), split.y.tolist(), hashes, ["page"] * n, ["t"] * n)
+
+
+def test_the_feedback_slice_is_chosen_by_hash_and_an_image_keeps_its_side():
+    hashes = np.array([pixels_sha256(im) for im in make_split(400, 3).x])
+    held = in_feedback_slice(hashes, 200)
+    assert np.array_equal(held, [int(h[:8], 16) % 1000 < 200 for h in hashes])
+    assert 40 < held.sum() < 120  # about a fifth
+    # A bigger dataset (more corrections, another order) puts every earlier image on the same side.
+    grown = np.concatenate([hashes[::-1], [pixels_sha256(im) for im in make_split(100, 4).x]])
+    assert np.array_equal(in_feedback_slice(grown, 200)[:400][::-1], held)
+    assert not in_feedback_slice(hashes, 0).any() and in_feedback_slice(hashes, 1000).all()
+    assert in_feedback_slice(np.array([], dtype="<U64"), 200).shape == (0,)
+
+
+def test_mix_feedback_trains_on_the_rest_never_on_the_slice_or_a_validation_image():
+    train, val = make_split(100), make_split(30, 1)
+    sent = make_split(50, 2)
+    # Two corrections are validation images: never trained on (they would inflate val accuracy).
+    sent = Split(np.concatenate([sent.x, val.x[:2]]), np.concatenate([sent.y, val.y[:2]]))
+    fb = corrections(sent)
+    held = in_feedback_slice(fb.sha256, 200)
+    mixed, slice_, report = mix_feedback(train, val, fb, FEEDBACK.model_copy(update={"repeat": 3}))
+    in_val = np.isin(fb.sha256, [pixels_sha256(im) for im in val.x])
+    expected = (~held & ~in_val).sum()
+    assert len(mixed) == len(train) + 3 * expected
+    assert np.array_equal(
+        mixed.x[: len(train)], train.x
+    )  # the original split comes first, unchanged
+    trained = {pixels_sha256(im) for im in mixed.x[len(train) :]}
+    assert trained == set(fb.sha256[~held & ~in_val])
+    assert set(slice_.sha256) == set(fb.sha256[held]) and not trained & set(slice_.sha256)
+    assert np.array_equal(slice_.y, fb.y[held])
+    assert report == {
+        "enabled": True,
+        "repeat": 3,
+        "corrections": 52,
+        "slice": int(held.sum()),
+        "train_images": int(expected),
+        "train_rows": 3 * int(expected),
+        "left_out_in_val": int((in_val & ~held).sum()),
+        "same_as_a_training_image": 0,
+        "digest": content_hash(fb.split),
+    }
+    # Off: train is the original split; the slice is still held out (and scored by evaluate).
+    off, off_slice, off_report = mix_feedback(
+        train, val, fb, FEEDBACK.model_copy(update={"enabled": False})
+    )
+    assert off is train and off_report["train_images"] == 0
+    assert np.array_equal(off_slice.sha256, slice_.sha256)
+
+
+def test_mix_feedback_without_corrections_changes_nothing():
+    train, val = make_split(40), make_split(10, 1)
+    empty = corrections_from([], [], [], [], [])
+    mixed, slice_, report = mix_feedback(train, val, empty, FEEDBACK)
+    assert mixed is train and len(slice_) == 0 and slice_.x.shape == (0, 28, 28)
+    assert report["corrections"] == report["slice"] == report["train_images"] == 0

@@ -18,18 +18,26 @@ import pytest
 import requests
 from conftest import BIN, free_port, run, start_server, stop
 from mlflow import MlflowClient
-from register_fixtures import bento_models, register, register_cmd, registry_state, sha256
+from register_fixtures import (
+    bento_models,
+    crafted_data,
+    latest_version,
+    register,
+    register_cmd,
+    registry_state,
+    sha256,
+)
 
 from pipeline.core.inference import altered_files
 from pipeline.core.params import RegisterParams
-from pipeline.promotion.choice import decide
+from pipeline.promotion.choice import decide, decide_feedback
 from pipeline.promotion.registry import local_store, process_gone, promotion_lock, this_process
 from pipeline.promotion.steps import reached
 
 pytest_plugins = ["service_fixtures", "register_fixtures"]  # champion...; crafted
 
 
-GATE = RegisterParams(min_accuracy=0.9, max_regression=0.002)
+GATE = RegisterParams(min_accuracy=0.9, max_regression=0.002, max_feedback_regression=0.0)
 
 
 @pytest.mark.unit
@@ -48,6 +56,29 @@ GATE = RegisterParams(min_accuracy=0.9, max_regression=0.002)
 def test_gate(candidate, champion, promote, words):
     decision, reason = decide(candidate, champion, GATE)
     assert decision is promote
+    assert words in reason
+
+
+TOLERANT = GATE.model_copy(update={"max_feedback_regression": 0.1})
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("candidate", "champion", "samples", "gate", "passes", "words"),
+    [
+        (None, None, 0, GATE, True, "feedback slice empty: not checked"),
+        (0.5, None, 8, GATE, True, "(8 images): accuracy 0.5000, no champion to compare with"),
+        (0.75, 0.5, 8, GATE, True, "accuracy 0.7500 above the champion's 0.5000"),
+        (0.5, 0.5, 8, GATE, True, "accuracy 0.5000 equal to the champion's 0.5000"),
+        (0.625, 0.75, 8, GATE, False, "0.1250 below the champion's 0.7500, more than max_feedb"),
+        (0.7, 0.75, 20, TOLERANT, True, "within max_feedback_regression of the champion's 0.75"),
+        (0.6, 0.75, 20, TOLERANT, False, "more than max_feedback_regression=0.1000"),
+    ],
+)
+def test_feedback_gate(candidate, champion, samples, gate, passes, words):
+    """The slice's side of the gate: not worse than the champion, measured on the same images."""
+    decision, reason = decide_feedback(candidate, champion, samples, gate)
+    assert decision is passes
     assert words in reason
 
 
@@ -294,6 +325,97 @@ def test_champion_validated_on_other_data_is_remeasured(
     assert record["decision"] == "promoted", record["reason"]
     assert f"the champion's {real:.4f}" in record["reason"]
     assert registry_state(client, model) == (["1", "2"], "2")
+
+
+def feedback_data(ws: Path, dest: Path, right: str | None) -> Path:
+    """The crafted runs' prepared splits with a feedback slice: the images where the crafted
+    models disagree, labelled with the classes of model `right` ("base" or "shifted"; the other
+    gets every one wrong), or an empty slice (None)."""
+    dest.mkdir()
+    for split in ("val.npz", "test.npz"):
+        (dest / split).write_bytes((crafted_data(ws) / split).read_bytes())
+    with np.load(crafted_data(ws) / "disagree.npz") as d:
+        x, y = (d["x"], d[right]) if right else (d["x"][:0], d["base"][:0])
+    np.savez(dest / "feedback.npz", x=x, y=y, sha256=np.array(["0" * 64] * len(y)))
+    return dest
+
+
+@pytest.mark.e2e
+def test_the_gate_weighs_validation_and_the_feedback_slice(
+    crafted, pipeline_run, pipeline_env, mlflow_server, bentoml_home, tmp_path
+):
+    """Both sides of the gate, each model measured on the slice by register itself: a candidate
+    better on both is promoted; one worse on validation is kept out (an empty slice: not
+    checked); one better on validation but worse on the slice is kept out."""
+    prefix = crafted["prefix"]
+    model = f"{prefix}-feedback"
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    data = feedback_data(pipeline_run, tmp_path / "slice", right="base")
+    n = len(np.load(data / "feedback.npz")["y"])
+    assert n >= 20, "the crafted models disagree on too few images for a slice"
+
+    def step(scenario: str, where: Path = data):
+        proc, record = register(
+            pipeline_run, pipeline_env, tmp_path, f"{prefix}-{scenario}", model, where
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout, record
+
+    # No champion: the shifted model (wrong on every slice image) is promoted on validation alone.
+    out, record = step("fb-first")
+    assert record["decision"] == "promoted"
+    assert f"feedback slice ({n} images): accuracy 0.0000, no champion" in record["reason"]
+    assert record["scores"]["feedback"] | {"data_hash": "-"} == {
+        "samples": n, "candidate": 0.0, "champion": None, "data_hash": "-",
+    }  # fmt: skip
+    assert client.get_model_version(model, "1").tags["replaced_version"] == "none"
+
+    # Better on both: promoted; the decision and its printed line give both numbers of both.
+    out, record = step("fb-both")
+    assert record["decision"] == "promoted", record["reason"]
+    assert (
+        "validation accuracy 0.8500 >= min_accuracy=0.5000 and above the champion's 0.8000"
+        in record["reason"]
+    )
+    assert (
+        f"feedback slice ({n} images): accuracy 1.0000 above the champion's 0.0000"
+        in record["reason"]
+    )
+    scores = record["scores"]
+    assert scores["validation"] == {"samples": scores["validation"]["samples"],
+                                    "candidate": 0.85, "champion": 0.80}  # fmt: skip
+    assert (scores["feedback"]["candidate"], scores["feedback"]["champion"]) == (1.0, 0.0)
+    assert (
+        f"candidate 0.8500, champion 0.8000; feedback slice ({n} images) candidate 1.0000, "
+        "champion 0.0000"
+    ) in out
+    assert client.get_model_version(model, "2").tags["replaced_version"] == "1"
+    assert registry_state(client, model) == (["1", "2"], "2")
+
+    # Worse on validation: kept. With an empty slice that side is not checked, and says so.
+    empty = feedback_data(pipeline_run, tmp_path / "empty", right=None)
+    out, record = step("fb-val", empty)
+    assert record["decision"] == "kept"
+    assert "0.1500 below the champion's 0.8500, more than max_regression" in record["reason"]
+    assert "feedback slice empty: not checked" in record["reason"]
+    assert record["scores"]["feedback"] == {
+        "samples": 0, "candidate": None, "champion": None, "note": "empty",
+    }  # fmt: skip
+    assert "feedback slice empty" in out
+
+    # Better on validation, worse on the slice: kept, and the reason says which side failed.
+    out, record = step("fb-slice")
+    assert record["decision"] == "kept"
+    assert (
+        "validation accuracy 0.9000 >= min_accuracy=0.5000 and above the champion's 0.8500"
+        in record["reason"]
+    )
+    assert (
+        f"feedback slice ({n} images): accuracy 0.0000 is 1.0000 below the champion's 1.0000, "
+        "more than max_feedback_regression=0.0000"
+    ) in record["reason"]
+    assert registry_state(client, model) == (["1", "2"], "2")
+    assert latest_version(bentoml_home, model) == "2"
 
 
 @pytest.mark.e2e

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from harness.load import load_test
+from harness.load_mix import LoadTest, load_test
 from pipeline.core.params import load_params
 
 pytest_plugins = ["service_fixtures"]
@@ -80,10 +80,15 @@ def test_server_alive_after_fuzzing(service_url, test_images):
 def test_bounded_load_mix_good_and_bad(service_url, test_images, pipeline_run):
     serve = load_params(pipeline_run / "params.yaml").serve
     x, _ = test_images
-    report = load_test(
-        service_url, x[:200], n=600, concurrency=16, bad_fraction=0.1,
-        max_images=serve.max_images_per_request, max_upload=serve.max_upload_bytes, warmup=50,
-    )  # fmt: skip
+    test = LoadTest(
+        requests=600,
+        concurrency=16,
+        bad_fraction=0.1,
+        max_images=serve.max_images_per_request,
+        max_upload_bytes=serve.max_upload_bytes,
+        warmup_requests=50,
+    )
+    report = load_test(service_url, x[:200], test)
     assert report.server_errors == 0, report.status_counts
     assert report.good_not_200 == 0, report.status_counts
     assert report.bad_not_4xx == 0, report.status_counts

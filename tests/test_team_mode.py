@@ -311,5 +311,6 @@ def test_dvc_push_pull_round_trip(remote, pipeline_run, s3, tmp_path):
     assert "fetched" in pulled.stdout or "added" in pulled.stdout
     assert {p: (pipeline_run / p).stat().st_size for p in before} == before
     status = run([DVC, "status"], pipeline_run, env)
-    # Everything pulled is up to date; register is listed only because it always runs.
-    assert status.stdout.split() == ["register:", "always", "changed"], status.stdout
+    # Everything pulled is up to date; feedback and register are listed because they always run.
+    expected = ["feedback:", "always", "changed", "register:", "always", "changed"]
+    assert status.stdout.split() == expected, status.stdout

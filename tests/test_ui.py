@@ -2,24 +2,30 @@
 
 The service is the session's real `bentoml serve` of the pipeline workspace's champion, the
 browser Debian's Chromium (tests/browser_fixtures.py). Every page must load without console
-errors or uncaught exceptions. Section 4 of the page, the lesson, is tests/test_lesson.py's.
+errors or uncaught exceptions, and do everything it does without a Content-Security-Policy
+violation (service/security.py's policy; every `securitypolicyviolation` event is collected).
+Section 4 of the page, the lesson, is tests/test_lesson.py's.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 import requests
 from browser_fixtures import (
+    DESKTOP,
     PHONE,
+    TIMEOUT_MS,
+    Console,
     clear_item,
     decode,
     explained,
     images_loaded,
-    open_page,
     png,
     post,
     save_screenshot,
@@ -28,9 +34,47 @@ from browser_fixtures import (
 from pipeline.core.architecture import layer_table
 from pipeline.core.fashion_mnist import CLASS_NAMES
 from pipeline.core.params import load_params
+from service.security import OPENAPI_POLICY, PAGE_POLICY
+from service.ui import UI_DIR
 
-pytest_plugins = ["service_fixtures", "browser_fixtures"]  # service_url, ...; browser, desktop
+pytest_plugins = ["service_fixtures", "browser_fixtures"]  # service_url, ...; browser
 pytestmark = pytest.mark.service
+
+# Runs in every document before its own scripts: each CSP violation is kept for the test to read.
+WATCH_CSP = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  (window.__cspViolations ||= []).push({
+    directive: e.effectiveDirective, blocked: e.blockedURI, source: e.sourceFile, line: e.lineNumber,
+  });
+});
+"""
+
+
+def open_watched(browser, url: str | None, **context) -> tuple:
+    """A page whose CSP violations are collected (`violations(page)`), and its console; at `url`
+    unless None (the test then registers its listeners and goes there itself)."""
+    ctx = browser.new_context(**context)
+    ctx.add_init_script(WATCH_CSP)
+    page = ctx.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    console = Console(page)
+    if url is not None:
+        page.goto(url)
+    return page, console
+
+
+def violations(page) -> list[dict]:
+    return page.evaluate("window.__cspViolations || []")
+
+
+@pytest.fixture
+def desktop(browser, service_url) -> Iterator[tuple]:
+    """The page /ui on a desktop screen, its CSP violations collected (browser_fixtures' own
+    `desktop`, plus the watcher)."""
+    page, console = open_watched(browser, f"{service_url}/ui/", viewport=DESKTOP)
+    yield page, console
+    page.context.close()
+
 
 # --- the API ---------------------------------------------------------------------------------
 
@@ -131,13 +175,22 @@ def test_samples_are_test_images_of_every_class(service_url, test_images):
 
 
 def test_page_is_served_offline(service_url):
-    """/ui redirects to the page; its files are all local (no CDN, nothing to fetch elsewhere)."""
+    """/ui redirects to the page; its files are all local (no CDN, nothing to fetch elsewhere).
+    Its ES modules come with a JavaScript MIME type: under `X-Content-Type-Options: nosniff` a
+    browser runs a module script of no other type (tests/test_lesson_math.py checks which files
+    the page's modules import)."""
     resp = requests.get(f"{service_url}/ui", timeout=10, allow_redirects=False)
     assert resp.status_code in (301, 302, 307, 308) and resp.headers["location"].endswith("/ui/")
-    for name in ("", "app.js", "lesson.js", "style.css"):
+    names = sorted(path.name for path in UI_DIR.iterdir() if path.is_file())
+    assert {"index.html", "app.js", "lesson.js", "lesson-math.js", "dom.js"} <= set(names)
+    for name in ["", *names]:
         page = requests.get(f"{service_url}/ui/{name}", timeout=10)
         assert page.status_code == 200, name
         assert not re.search(r"https?://", page.text), f"/ui/{name} refers to another host"
+        if name.endswith(".js"):
+            assert page.headers["x-content-type-options"] == "nosniff"
+            kind = page.headers["content-type"].split(";")[0].strip()
+            assert kind in ("text/javascript", "application/javascript"), (name, kind)
 
 
 # --- the page in Chromium --------------------------------------------------------------------
@@ -183,7 +236,7 @@ def test_upload_shows_classify_answer_layers_and_model(
         ".map(f => f.getBoundingClientRect().bottom)) + window.scrollY + 16)"
     )
     save_screenshot(page, tmp_path, "ui-explain.png", height=first_row_end, publish=True)
-    assert console.errors == []
+    assert console.errors == [] and violations(page) == []
 
 
 def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
@@ -219,7 +272,7 @@ def test_drawing_is_explained(desktop):
     page.click("#clear")
     page.click("#explain-drawing")  # nothing drawn: the page says so, asks nothing
     assert "Draw something first" in page.inner_text("#error")
-    assert console.errors == []
+    assert console.errors == [] and violations(page) == []
 
 
 def test_bad_file_shows_the_api_error(desktop, service_url, test_images, tmp_path):
@@ -240,6 +293,7 @@ def test_bad_file_shows_the_api_error(desktop, service_url, test_images, tmp_pat
     # The browser itself logs the 415 response as a console error; nothing else may appear.
     unexpected = [e for e in console.errors if not re.match(r"Failed to load resource: .* 415", e)]
     assert unexpected == [] and len(console.errors) == 1
+    assert violations(page) == []
 
 
 def test_dropped_file_is_explained(desktop, test_images, evaluated):
@@ -263,7 +317,7 @@ def test_dropped_file_is_explained(desktop, test_images, evaluated):
     assert answer.value.json()["pixels"] == x[i].tolist()
     assert shown["top"] == CLASS_NAMES[evaluated.loc[i, "predicted_id"]]
     assert "dragging" not in page.get_attribute("#drop", "class")
-    assert console.errors == []
+    assert console.errors == [] and violations(page) == []
 
 
 def test_keyboard_reaches_every_control_and_explains_a_test_image(desktop):
@@ -294,12 +348,17 @@ def test_keyboard_reaches_every_control_and_explains_a_test_image(desktop):
     assert "inverted (invert=true)" in shown["caption"]
     assert "not inverted" not in shown["caption"]
     assert re.search(r"test image #\d+ \(labelled .+\)", page.inner_text("#status"))
-    assert console.errors == []
+    assert console.errors == [] and violations(page) == []
 
 
 def test_phone_screen_fits_and_takes_a_finger(browser, service_url, test_images, tmp_path):
-    page, console = open_page(
-        browser, service_url, viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2
+    page, console = open_watched(
+        browser,
+        f"{service_url}/ui/",
+        viewport=PHONE,
+        is_mobile=True,
+        has_touch=True,
+        device_scale_factor=2,
     )
     try:
         image = tmp_path / "item.png"
@@ -317,6 +376,112 @@ def test_phone_screen_fits_and_takes_a_finger(browser, service_url, test_images,
             page.touchscreen.tap(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         assert np.array(answer.value.json()["pixels"]).max() > 0  # the finger drew a dot
         save_screenshot(page, tmp_path, "ui-phone.png", height=1500)
-        assert console.errors == []
+        assert console.errors == [] and violations(page) == []
+    finally:
+        page.context.close()
+
+
+def test_is_this_right_stores_the_class_picked_for_the_answer_shown(
+    desktop, pipeline_run, test_images, evaluated, tmp_path
+):
+    """Under the probabilities, one button per class; picking one (here with the keyboard)
+    stores a correction of the answer shown, with the pixels the model saw, and says so."""
+    from pipeline.core.feedback_log import read_shards
+
+    page, console = desktop
+    x, y = test_images
+    i = clear_item(evaluated)
+    image = tmp_path / "item.png"
+    image.write_bytes(png(x[i]))
+    page.set_input_files("#file", image)
+    explained(page)
+    buttons = page.locator("#feedback-classes button")
+    assert buttons.all_inner_texts() == list(CLASS_NAMES)
+    assert all(box["height"] >= 44 for box in (b.bounding_box() for b in buttons.all()))
+    right = CLASS_NAMES[y[i]]
+    page.get_by_role("button", name=right, exact=True).focus()
+    with page.expect_response("**/feedback") as answer:
+        page.keyboard.press("Enter")
+    stored = answer.value.json()["stored"][0]
+    page.wait_for_function(
+        "document.getElementById('feedback-status').textContent.startsWith('Stored')"
+    )
+    assert right in page.inner_text("#feedback-status")
+    assert page.get_attribute(f"#feedback-classes button >> nth={y[i]}", "aria-pressed") == "true"
+    items, _ = read_shards(pipeline_run / "monitoring" / "feedback")
+    (mine,) = [item for item in items if item.id == stored["id"]]
+    assert (mine.label, mine.source) == (y[i], "page")
+    assert np.array_equal(mine.pixels, x[i])  # the 28x28 the model saw
+    assert mine.predicted == evaluated.loc[i, "predicted_id"]
+    assert console.errors == [] and violations(page) == []
+
+
+# --- the Content-Security-Policy -------------------------------------------------------------
+
+
+def test_the_page_runs_under_its_policy_and_the_policy_bites(desktop, service_url):
+    """The page got service/security.py's policy, and it is enforced: what the policy forbids
+    (an inline script, an image from another host, a style attribute) is blocked and reported,
+    so the empty violation lists of the tests above mean something."""
+    page, console = desktop
+    resp = requests.get(f"{service_url}/ui/", timeout=10)
+    assert resp.headers["content-security-policy"] == PAGE_POLICY
+    assert resp.headers["x-content-type-options"] == "nosniff"
+    assert resp.headers["referrer-policy"] == "no-referrer"
+    page.wait_for_function("document.getElementById('model').textContent.includes('version')")
+    assert violations(page) == []  # the page's own loading and first drawing
+    ran = page.evaluate(
+        """() => {
+            const script = document.createElement("script");
+            script.textContent = "window.__inlineRan = true";
+            document.head.append(script);
+            const img = new Image();
+            img.src = "http://192.0.2.1/pixel.png";  // TEST-NET-1: never answers anyway
+            document.body.append(img);
+            const div = document.createElement("div");
+            div.setAttribute("style", "color: red");
+            document.body.append(div);
+            return window.__inlineRan === true;
+        }"""
+    )
+    assert ran is False
+    page.wait_for_function("(window.__cspViolations || []).length >= 3")
+    seen = {v["directive"] for v in violations(page)}
+    assert seen == {"script-src-elem", "img-src", "style-src-attr"}, violations(page)
+    assert any("Content Security Policy" in e for e in console.errors)  # Chromium says it too
+
+
+def test_the_openapi_page_renders_under_its_policy_and_calls_no_other_host(browser, service_url):
+    """BentoML's Swagger UI at / renders every endpoint under OPENAPI_POLICY. What the policy
+    blocks there is only what would reach other hosts (its inline Google Tag Manager loader, the
+    badges of its description) and the Swagger logo's <style>, in a top bar its CSS hides."""
+    resp = requests.get(f"{service_url}/", timeout=10)
+    assert resp.headers["content-security-policy"] == OPENAPI_POLICY
+    page, console = open_watched(browser, None, viewport=DESKTOP)
+    finished: list[str] = []
+    page.on("requestfinished", lambda request: finished.append(request.url))
+    try:
+        page.goto(f"{service_url}/")
+        for route in ("/classify", "/predict", "/explain", "/metadata"):
+            page.locator(f'.opblock-summary-path[data-path="{route}"]').wait_for()
+        page.locator('.opblock-summary-path[data-path="/classify"]').click()  # it expands
+        page.locator(".opblock-body").first.wait_for()
+        here = urlsplit(service_url).netloc
+        assert {urlsplit(u).netloc for u in finished} <= {here}, finished
+        unexpected = [
+            v
+            for v in violations(page)
+            if not (
+                (v["directive"], v["blocked"], v["source"])
+                == ("script-src-elem", "inline", f"{service_url}/")
+                or (v["directive"] == "img-src" and urlsplit(v["blocked"]).netloc != here)
+                or (
+                    (v["directive"], v["blocked"]) == ("style-src-elem", "inline")
+                    and v["source"].endswith("/static_content/swagger-ui-bundle.js")
+                )
+            )
+        ]
+        assert unexpected == []
+        assert not [e for e in console.errors if e.startswith("uncaught")]
     finally:
         page.context.close()

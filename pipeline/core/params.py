@@ -32,11 +32,33 @@ class FetchParams(_Strict):
     retries: int = Field(ge=0)
 
 
+class FeedbackParams(_Strict):
+    """How the `feedback` stage curates the corrections (pipeline/feedback.py)."""
+
+    # required: a new correction waits ("pending") until feedback/review.csv accepts it;
+    # auto: accepted unless review.csv rejects it. Conflicts and test images are held either way.
+    review: Literal["required", "auto"]
+    # Above cap_floor images, one source (or class) holds at most this share of the accepted set.
+    max_share_per_source: float = Field(gt=0.0, le=1.0)
+    max_share_per_class: float = Field(gt=0.0, le=1.0)
+    cap_floor: int = Field(ge=1)
+
+
+class PrepareFeedbackParams(_Strict):
+    """How `prepare` mixes the accepted corrections into training (pipeline/prepare.py)."""
+
+    enabled: bool  # false: train on the original data only; the feedback slice is still held out
+    repeat: int = Field(ge=1)  # each correction outside the slice joins train this many times
+    # A correction is in the held-out feedback slice when int(sha256[:8], 16) % 1000 < this.
+    slice_permille: int = Field(ge=0, le=1000)
+
+
 class PrepareParams(_Strict):
     val_fraction: float = Field(gt=0.0, lt=1.0)
     max_train_samples: int | None = Field(gt=0)
     max_test_samples: int | None = Field(gt=0)
     seed: int
+    feedback: PrepareFeedbackParams
 
 
 class PoolParams(_Strict):
@@ -77,6 +99,15 @@ class Augmentation(_Strict):
     translate: float = Field(ge=0.0, le=0.5)  # fraction of the image size, each direction
 
 
+class FineTuneParams(_Strict):
+    """The schedule of a training that starts from the champion's weights (train.init: champion);
+    every other training value is train's own."""
+
+    epochs: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    warmup_epochs: int = Field(ge=0)
+
+
 class TrainParams(_Strict):
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -90,6 +121,16 @@ class TrainParams(_Strict):
     augmentation: Augmentation
     seed: int
     distribution: Literal["none", "mirrored", "multi_worker"]
+    # scratch: new random weights; champion: the MLflow @champion's, trained on with `fine_tune`.
+    init: Literal["scratch", "champion"]
+    fine_tune: FineTuneParams
+
+    @model_validator(mode="after")
+    def _fine_tunes_on_one_machine(self) -> TrainParams:
+        # Every worker would have to fetch the same champion; only the chief talks to MLflow.
+        if self.init == "champion" and self.distribution == "multi_worker":
+            raise ValueError("init: champion does not work with distribution: multi_worker")
+        return self
 
 
 class MlflowParams(_Strict):
@@ -100,6 +141,8 @@ class MlflowParams(_Strict):
 class RegisterParams(_Strict):
     min_accuracy: float = Field(ge=0.0, le=1.0)
     max_regression: float = Field(ge=0.0, le=1.0)
+    # How much worse than the champion a candidate may be on the feedback slice (both measured).
+    max_feedback_regression: float = Field(ge=0.0, le=1.0)
 
 
 class MonitoringParams(_Strict):
@@ -110,16 +153,56 @@ class MonitoringParams(_Strict):
     records_dir: str | None = Field(min_length=1)
     low_confidence: float = Field(gt=0.0, le=1.0)
     queue_size: int = Field(ge=1)
+    # The records directory's cap, retention and file size (pipeline/core/record_files.py).
+    max_disk_mb: int = Field(ge=1)
+    retention_days: float = Field(gt=0)
+    max_file_mb: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _parts_fit_the_cap(self) -> MonitoringParams:
+        if self.max_file_mb > self.max_disk_mb:
+            raise ValueError(
+                f"max_file_mb ({self.max_file_mb}) must not exceed max_disk_mb ({self.max_disk_mb})"
+            )
+        return self
+
+
+class FeedbackServeParams(_Strict):
+    """POST /feedback's limits (service/feedback.py)."""
+
+    max_items_per_request: int = Field(ge=1)
+    max_per_source_per_day: int = Field(ge=1)
+    max_per_day: int = Field(ge=1)
+    max_disk_mb: float = Field(gt=0)
+    id_ttl_hours: float = Field(gt=0)
 
 
 class ServeParams(_Strict):
     bento_model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     max_images_per_request: int = Field(ge=1)
     max_upload_bytes: int = Field(ge=1)
+    # Uploads (service/inputs.py): the memory one decode may need, and decodes at once per worker.
+    max_decode_mb: float = Field(gt=0)
+    decode_threads: int = Field(ge=1)
+    # Load shedding (service/admission.py): the work a worker takes on, requests and MB of bodies.
+    queue_target_s: float = Field(gt=0)
+    min_in_flight: int = Field(ge=1)
+    max_in_flight: int = Field(ge=1)
+    max_in_flight_mb: float = Field(gt=0)
     request_timeout_s: float = Field(gt=0)
     # API worker processes, each with the model (docs/serving.md, "Workers"); "cpu_count": one per CPU.
     workers: Annotated[int, Field(ge=1)] | Literal["cpu_count"]
     monitoring: MonitoringParams
+    feedback: FeedbackServeParams
+
+    @model_validator(mode="after")
+    def _in_flight_range(self) -> ServeParams:
+        if self.min_in_flight > self.max_in_flight:
+            raise ValueError(
+                f"min_in_flight ({self.min_in_flight}) must not exceed "
+                f"max_in_flight ({self.max_in_flight})"
+            )
+        return self
 
 
 class MonitorParams(_Strict):
@@ -133,6 +216,7 @@ class MonitorParams(_Strict):
 
 class Params(_Strict):
     fetch: FetchParams
+    feedback: FeedbackParams
     prepare: PrepareParams
     model: ModelParams
     train: TrainParams

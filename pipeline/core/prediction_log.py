@@ -1,8 +1,10 @@
 """The prediction log: what the service records about each answer, and how images are summarised.
 
 The service (service/monitoring.py) appends one JSON object per prediction, one line each, to
-`<records_dir>/predictions-<UTC day>-<host>-<pid>.jsonl`: one file per worker process and day, so
-processes never write to the same file. A record:
+`<records_dir>/predictions-<UTC day>-<host>-<pid>.jsonl`: one file per worker process and day
+(and part, once a file reaches serve.monitoring.max_file_mb), so processes never write to the
+same file. The files themselves, their names and which may be removed when: record_files.py. A
+record:
 
     {"time": "2026-11-26T09:30:00.123Z", "model_version": "2", "bento_model": "fashion-mnist-cnn:ne3k...",
      "endpoint": "predict", "pixel_mean": 72.95, "pixel_std": 88.1, "bright_fraction": 0.2857,
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.fashion_mnist import IMAGE_SIZE
+from pipeline.core.record_files import FILE_GLOB, file_day
 
 # Per-image summaries of the input, each a number (docs/monitoring.md, "What the service records"):
 INPUT_FEATURES = (
@@ -46,7 +49,6 @@ FIELDS = (
     "confidence",
 )
 BRIGHT = 127  # a pixel above half of the 0-255 range counts as bright
-FILE_GLOB = "predictions-*.jsonl"
 _COORDS = np.arange(IMAGE_SIZE, dtype=np.float64)
 _JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps builds one per call
 
@@ -74,11 +76,6 @@ def image_features(pixels: np.ndarray) -> dict[str, np.ndarray]:
         "bright_fraction": bright.astype(np.float64),
         "log2_aspect": aspect,
     }
-
-
-def file_name(day: dt.date, host: str, pid: int) -> str:
-    """The record file of one worker process on one UTC day."""
-    return f"predictions-{day.isoformat()}-{host}-{pid}.jsonl"
 
 
 def format_times(seconds: Sequence[float]) -> list[str]:
@@ -152,19 +149,20 @@ def read_records(directory: Path, since: dt.datetime, until: dt.datetime) -> tup
     order, and the number of lines that could not be used (a line cut short by a crash, say)."""
     records, bad = [], 0
     for path in sorted(directory.glob(FILE_GLOB)):
-        # A file holds the records written on its UTC day, each written at most a second or so
-        # after its time: files of days outside the window are skipped unread.
-        try:
-            file_day = dt.date.fromisoformat(path.name.removeprefix("predictions-")[:10])
-        except ValueError:
-            file_day = None
-        if file_day is not None and not (
+        # A file (every part of it) holds the records written on its UTC day, each written at
+        # most a second or so after its time: files of days outside the window are skipped unread.
+        day = file_day(path.name)
+        if day is not None and not (
             since.astimezone(dt.UTC).date()
-            <= file_day
+            <= day
             <= until.astimezone(dt.UTC).date() + dt.timedelta(days=1)
         ):
             continue
-        for record, ok in _parse_lines(path.read_text(errors="replace").splitlines()):
+        try:
+            text = path.read_text(errors="replace")
+        except FileNotFoundError:  # removed by a recorder's retention since the listing
+            continue
+        for record, ok in _parse_lines(text.splitlines()):
             if not ok:
                 bad += 1
             elif since <= record["_time"] < until:

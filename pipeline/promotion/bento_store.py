@@ -113,18 +113,26 @@ def sync_bentoml_store(client: MlflowClient, params: Params, workdir: Path) -> s
                                  champion.model_sha256, champion.onnx_sha256), strict=True))  # fmt: skip
     if latest is not None and all(latest.info.labels.get(k) == v for k, v in wanted.items()):
         return str(latest.tag)
+    files = served_files(champion, workdir / "import")
+    tag = save_to_bentoml(name, champion, files)
+    uri = f"models:/{champion.model_name}/{champion.version}"
+    print(f"register: imported the champion ({uri}) into the BentoML store as {tag}")
+    return tag
+
+
+def served_files(champion: Champion, dest: Path) -> dict[str, Path]:
+    """A version's files as the service needs them (.keras, ONNX export, explainer), downloaded
+    and each checked against the SHA-256 its version records: file name -> path."""
     if champion.onnx_sha256 == "unknown":
         raise RegisterError(
-            f"champion {champion.model_name} v{champion.version} has no ONNX export "
+            f"{champion.model_name} v{champion.version} has no ONNX export "
             "(promoted by an older register): promote a new run to serve it"
         )
     uri = f"models:/{champion.model_name}/{champion.version}"
-    files = {MODEL_FILE: checked_download(uri, champion.model_sha256, workdir / "import")}
+    files = {MODEL_FILE: checked_download(uri, champion.model_sha256, dest)}
     for f in EXPORTS:  # the explainer is missing for champions promoted before it existed
         if champion.sha256(f) != "unknown":
             files[f] = checked_artifact(
-                champion.run_id, champion.artifact(f), champion.sha256(f), workdir / "import"
+                champion.run_id, champion.artifact(f), champion.sha256(f), dest
             )
-    tag = save_to_bentoml(name, champion, files)
-    print(f"register: imported the champion ({uri}) into the BentoML store as {tag}")
-    return tag
+    return files

@@ -1,9 +1,12 @@
 """Choosing: the experiment's best validated run, and the gate it must pass against the champion.
 
-Validation data only; test accuracy is carried along and reported, never compared. Candidates are
-the finished, evaluated runs validated on the current validation split (tag `val_data_hash`):
-accuracies measured on other data are not comparable. The best has the highest
-`best_val_accuracy`, the oldest first on ties.
+Validation data and the feedback slice only; test accuracy is carried along and reported, never
+compared. Candidates are the finished, evaluated runs validated on the current validation split
+(tag `val_data_hash`): accuracies measured on other data are not comparable. The best has the
+highest `best_val_accuracy`, the oldest first on ties; runs a rollback took `@champion` from are
+passed over (the caller names them). The gate has two sides, each a pure function: `decide` on
+validation accuracy, `decide_feedback` on the feedback slice (the corrections people sent, held
+out of training), where both models are measured the same way (judge.py).
 """
 
 from __future__ import annotations
@@ -44,8 +47,47 @@ def decide(
     )
 
 
-def best_run(client: MlflowClient, experiment_id: str, val_data_hash: str) -> Run | None:
-    """The finished, evaluated run with the highest validation accuracy on this validation data."""
+def decide_feedback(
+    candidate_acc: float | None,
+    champion_acc: float | None,
+    samples: int,
+    params: RegisterParams,
+    note: str = "empty",
+) -> tuple[bool, str]:
+    """The gate on the feedback slice: (passes?, why). An empty slice (or none: `note` says why)
+    and a first champion pass unchecked."""
+    if samples == 0 or candidate_acc is None:
+        return True, f"feedback slice {note}: not checked"
+    where = f"feedback slice ({samples} images)"
+    if champion_acc is None:
+        return True, f"{where}: accuracy {candidate_acc:.4f}, no champion to compare with"
+    drop = champion_acc - candidate_acc
+    tolerance = params.max_feedback_regression
+    if drop > tolerance + 1e-12:
+        return False, (
+            f"{where}: accuracy {candidate_acc:.4f} is {drop:.4f} below the champion's "
+            f"{champion_acc:.4f}, more than max_feedback_regression={tolerance:.4f}"
+        )
+    if drop < -1e-12:
+        relation = "above"
+    elif drop <= 1e-12:  # a slice of a few images: equal accuracies are common
+        relation = "equal to"
+    else:
+        relation = "within max_feedback_regression of"
+    return (
+        True,
+        f"{where}: accuracy {candidate_acc:.4f} {relation} the champion's {champion_acc:.4f}",
+    )
+
+
+def best_run(
+    client: MlflowClient,
+    experiment_id: str,
+    val_data_hash: str,
+    barred: frozenset[str] = frozenset(),
+) -> tuple[Run | None, list[Run]]:
+    """The finished, evaluated run with the highest validation accuracy on this validation data
+    whose id is not in `barred`, and the barred runs that rank above it (best first)."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=(
@@ -53,9 +95,14 @@ def best_run(client: MlflowClient, experiment_id: str, val_data_hash: str) -> Ru
             f"and tags.val_data_hash = '{val_data_hash}' and attributes.status = 'FINISHED'"
         ),
         order_by=["metrics.best_val_accuracy DESC", "attributes.start_time ASC"],
-        max_results=1,
+        max_results=len(barred) + 1,  # at least one of them is not barred, if there is one
     )
-    return runs[0] if runs else None
+    passed_over = []
+    for run in runs:
+        if run.info.run_id not in barred:
+            return run, passed_over
+        passed_over.append(run)
+    return None, passed_over
 
 
 def logged_model_uri(run: Run) -> str:

@@ -29,14 +29,6 @@ PROBABILITY_TOLERANCE = 1e-4
 ACTIVATION_TOLERANCE = 1e-3
 
 
-def accuracy(model_file: Path, split: Split) -> float:
-    """Accuracy of a saved model on a split, through the one inference path."""
-    import pipeline.training.quiet_tensorflow  # noqa: F401 (TensorFlow without its start-up noise)
-
-    predicted = Classifier.from_file(model_file).predict_proba(split.x).argmax(axis=1)
-    return float((predicted == split.y).mean())
-
-
 def parity_check(
     model_file: Path, onnx_file: Path, predictions: pd.DataFrame, test: Split
 ) -> tuple[dict[str, Any], np.ndarray]:

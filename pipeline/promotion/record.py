@@ -32,6 +32,19 @@ LEGACY_ARTIFACTS = {
 # "abandoned" (once its register is known to be gone).
 PROMOTION = "promotion"
 PROMOTION_OWNER = "promotion_owner"  # host:pid:start-time of the register promoting it
+# The version a promotion (or a rollback) replaced as `@champion` ("none": there was none): what
+# `python -m pipeline.rollback` goes back to.
+REPLACED_VERSION = "replaced_version"
+# A version a rollback took `@champion` from: "pending" while that rollback moves the alias, then
+# "true"; "abandoned" if the rollback died before the move; "lifted" once a rollback restores it.
+# A run with a version "pending" or "true" is no candidate for register (unless it is the
+# champion, or register runs with --allow-rolled-back). With it: ROLLED_BACK_KEYS, who and why.
+ROLLED_BACK = "rolled_back"
+BARRED = ("pending", "true")
+ROLLED_BACK_KEYS = ("rolled_back_reason", "rolled_back_by", "rolled_back_at", "rolled_back_to")
+ROLLBACK_OWNER = "rollback_owner"  # host:pid:start-time of the rollback that marked it
+# On the version a rollback restored: from which version, why, by whom, when.
+RESTORED_KEYS = ("restored_from", "restored_reason", "restored_by", "restored_at")
 
 
 def exports_dir(version: str) -> str:
@@ -89,20 +102,25 @@ class Champion:
 
 @dataclass
 class Decision:
-    """champion.json: what register decided and why, and what the local BentoML store serves."""
+    """champion.json: what register (or a rollback) decided and why, and what the local BentoML
+    store serves."""
 
-    # superseded: another register changed the registry while this one promoted; it decided again
-    decision: Literal["kept", "promoted", "superseded"]
+    # superseded: another register changed the registry while this one promoted; it decided
+    # again. rolled_back: `python -m pipeline.rollback` moved `@champion` back (no candidate).
+    decision: Literal["kept", "promoted", "superseded", "rolled_back"]
     reason: str
     chosen_by: str
-    candidate: Candidate
+    candidate: Candidate | None
     champion: Champion | None
     previous_champion: Champion | None
     champion_remeasured: dict[str, Any] | None
-    pipeline_run: dict[str, Any]  # the run this `dvc repro` trained: its id and test accuracy
+    pipeline_run: dict[str, Any] | None  # the run this `dvc repro` trained: id, test accuracy
     gate: dict[str, float]
     parity: dict[str, Any] | None
     served: str | None = field(default=None)
+    # Both models' accuracies on the validation split and on the feedback slice (judge.py).
+    scores: dict[str, Any] | None = field(default=None)
+    rollback: dict[str, Any] | None = field(default=None)  # from, to, reason, by, at
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

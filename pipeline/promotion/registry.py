@@ -1,5 +1,6 @@
 """The MLflow model registry: the `@champion` version and its summary, hash-checked downloads of
-a version's files, the model card, and one promotion at a time on a local store."""
+a version's files, the model card, one promotion (or rollback) at a time on a local store, the
+runs a rollback bars from promotion, and settling what killed registers and rollbacks left."""
 
 from __future__ import annotations
 
@@ -23,8 +24,13 @@ from mlflow.exceptions import MlflowException
 from pipeline.core.inference import ONNX_FILE, file_sha256
 from pipeline.promotion.record import (
     ALIAS,
+    BARRED,
     PROMOTION,
     PROMOTION_OWNER,
+    RESTORED_KEYS,
+    ROLLBACK_OWNER,
+    ROLLED_BACK,
+    ROLLED_BACK_KEYS,
     Candidate,
     Champion,
     RegisterError,
@@ -161,17 +167,37 @@ def process_gone(owner: str) -> bool | None:
         return True
 
 
+def rolled_back_runs(client: MlflowClient, name: str, champion: str | None) -> dict[str, str]:
+    """Runs a rollback took `@champion` from (a version tagged rolled_back pending or true), but
+    the `champion` run's: run id -> that version."""
+    return {
+        v.run_id: str(v.version)
+        for v in client.search_model_versions(f"name='{name}'")
+        if v.tags.get(ROLLED_BACK) in BARRED and v.run_id and v.run_id != champion
+    }
+
+
 def repair(client: MlflowClient, name: str, locked: bool) -> list[str]:
     """Settle the versions a killed register left `promotion=in_progress`: the `@champion` is
     marked promoted; any other is marked abandoned once its register is known to be gone (it
     ran on this host and has ended, or the store's promotion lock is held: no register can be
-    running). One still in progress on another host is left alone. Returns what was done."""
+    running). One still in progress on another host is left alone. Versions a killed rollback
+    left `rolled_back=pending` likewise (rollback.py): no longer `@champion`, the rollback
+    happened (true, and the restored version gets its tags); still champion, abandoned.
+    Returns what was done."""
     champion = current_champion(client, name)
     done = []
     for version in client.search_model_versions(f"name='{name}'"):
+        is_champion = champion is not None and version.version == champion.version
+        if version.tags.get(ROLLED_BACK) == "pending":
+            if not is_champion:
+                done += _rollback_done(client, version, champion)
+            elif locked or process_gone(version.tags.get(ROLLBACK_OWNER, "?:0:0")):
+                client.set_model_version_tag(name, version.version, ROLLED_BACK, "abandoned")
+                done.append(f"version {version.version}: rollback pending -> abandoned")
         if version.tags.get(PROMOTION) != "in_progress":
             continue
-        if champion is not None and version.version == champion.version:
+        if is_champion:
             status = "promoted"
         elif locked or process_gone(version.tags.get(PROMOTION_OWNER, "?:0:0")):
             status = "abandoned"
@@ -180,6 +206,30 @@ def repair(client: MlflowClient, name: str, locked: bool) -> list[str]:
         client.set_model_version_tag(name, version.version, PROMOTION, status)
         done.append(f"version {version.version}: in_progress -> {status}")
     return done
+
+
+def _rollback_done(
+    client: MlflowClient, left: ModelVersion, champion: ModelVersion | None
+) -> list[str]:
+    """A rollback that moved the alias off `left` and was killed before it said so."""
+    client.set_model_version_tag(left.name, left.version, ROLLED_BACK, "true")
+    done = [f"version {left.version}: rollback pending -> true"]
+    reason, by, at, to = (left.tags.get(k, "unknown") for k in ROLLED_BACK_KEYS)
+    if champion is not None and champion.version == to and champion.tags.get("restored_at") != at:
+        mark_restored(client, champion, left.version, reason, by, at)
+        done.append(f"version {to}: tagged restored from version {left.version}")
+    return done
+
+
+def mark_restored(
+    client: MlflowClient, version: ModelVersion, left: str, reason: str, by: str, at: str
+) -> None:
+    """Tag the version a rollback made `@champion` again: from which version, why, by whom,
+    when; a version once rolled back itself is no longer barred (a rollback chose it)."""
+    for key, value in zip(RESTORED_KEYS, (left, reason, by, at), strict=True):
+        client.set_model_version_tag(version.name, version.version, key, value)
+    if version.tags.get(ROLLED_BACK) in BARRED:
+        client.set_model_version_tag(version.name, version.version, ROLLED_BACK, "lifted")
 
 
 def model_card(candidate: Candidate, run: Run, version: str, name: str, workdir: Path) -> str:

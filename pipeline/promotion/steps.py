@@ -7,6 +7,11 @@ interleave overlapping registers and kill one at each step. A promotion's steps,
   again against the registry as it is now, then move the alias;
 - `alias-moved`: the version is `@champion` (the commit point); the BentoML store not yet synced;
 - `bento-import`: files copied into a new BentoML model that is not yet saved to the store.
+
+A rollback's (rollback.py), before its BentoML import:
+- `rollback-marked`: the champion is tagged `rolled_back=pending`, the alias not yet moved;
+- `rollback-alias-moved`: the alias is on the restored version (the commit point), its tags and
+  the registered model's description not yet written.
 """
 
 from __future__ import annotations
@@ -15,7 +20,14 @@ import os
 import signal
 import sys
 
-STEPS = ("registered", "before-alias", "alias-moved", "bento-import")
+STEPS = (
+    "registered",
+    "before-alias",
+    "alias-moved",
+    "bento-import",
+    "rollback-marked",
+    "rollback-alias-moved",
+)
 STOP_AT = "REGISTER_STOP_AT"
 
 

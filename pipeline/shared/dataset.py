@@ -119,3 +119,84 @@ def content_hash(*splits: Split) -> str:
         h.update(np.ascontiguousarray(s.x).tobytes())
         h.update(np.ascontiguousarray(s.y).tobytes())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Corrections:
+    """Curated feedback corrections (data/feedback/corrections.npz, the `feedback` stage): images
+    (N, 28, 28) uint8, labels (N,) int64, and per image the SHA-256 of its pixels, its source ('' when
+    none was sent) and its time (ISO 8601, UTC), oldest first."""
+
+    x: np.ndarray
+    y: np.ndarray
+    sha256: np.ndarray
+    source: np.ndarray
+    time: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: np.ndarray) -> Corrections:
+        return Corrections(*(a[idx] for a in self.arrays().values()))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "x": self.x,
+            "y": self.y,
+            "sha256": self.sha256,
+            "source": self.source,
+            "time": self.time,
+        }
+
+    @property
+    def split(self) -> Split:
+        return Split(self.x, self.y)
+
+
+def corrections_from(
+    x: list[np.ndarray], y: list[int], sha256: list[str], source: list[str], time: list[str]
+) -> Corrections:
+    """A Corrections from per-image lists (empty lists: an empty, well-typed set)."""
+    shape = (len(x), IMAGE_SIZE, IMAGE_SIZE)
+    return Corrections(
+        np.array(x, dtype=np.uint8).reshape(shape),
+        np.array(y, dtype=np.int64),
+        np.array(sha256, dtype="<U64"),
+        np.array(source, dtype=str) if source else np.array([], dtype="<U1"),
+        np.array(time, dtype=str) if time else np.array([], dtype="<U1"),
+    )
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write named arrays as .npz, atomically; strings as fixed-width unicode, so that loading
+    needs no pickle. The same arrays give the same bytes (numpy stamps no time into the zip)."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    write_atomically(path, write)
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz written by save_arrays (no pickles allowed)."""
+    with np.load(path, allow_pickle=False) as f:
+        return {name: f[name] for name in f.files}
+
+
+def save_corrections(corrections: Corrections, path: Path) -> None:
+    save_arrays(path, corrections.arrays())
+
+
+def load_corrections(path: Path) -> Corrections:
+    """Read data/feedback/corrections.npz; DataError naming the file when it is not one."""
+    try:
+        arrays = load_arrays(path)
+        c = Corrections(*(arrays[k] for k in ("x", "y", "sha256", "source", "time")))
+    except (OSError, KeyError, ValueError) as err:
+        raise DataError(f"{path}: not a corrections file ({err})") from None
+    if c.x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or c.x.dtype != np.uint8:
+        raise DataError(f"{path}: images are {c.x.dtype}{c.x.shape}, expected uint8 (N, 28, 28)")
+    if not len(c.x) == len(c.y) == len(c.sha256) == len(c.source) == len(c.time):
+        raise DataError(f"{path}: its arrays differ in length")
+    return Corrections(c.x, c.y.astype(np.int64), c.sha256, c.source, c.time)

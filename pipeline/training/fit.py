@@ -2,7 +2,9 @@
 its learning-rate schedule, optimizer, augmentation and epoch-ordered batches.
 
 Callers (stage `train`, the training benchmark, tests) pass params and splits and get the model to
-save and its history; where it is saved and logged is theirs to decide.
+save and its history; where it is saved and logged is theirs to decide. A fine-tuning passes the
+weights to start from (fine_tune.py). Past 300 lines because the loop and its callbacks are one
+unit: their order matters (fit_model says why), and one file keeps it in view.
 """
 
 from __future__ import annotations
@@ -160,13 +162,20 @@ class Validation(keras.callbacks.Callback):
         self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
         self._classifier: Classifier | None = None
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+    def scores(self) -> dict[str, float]:
+        """val_loss and val_accuracy of the saved model's weights as they are now."""
         self._classifier = self._classifier or Classifier(self.saved)
         proba = self._classifier.predict_proba(self.val.x)
         onehot = keras.utils.to_categorical(self.val.y, NUM_CLASSES)
+        return {
+            "val_loss": float(keras.ops.convert_to_numpy(self.loss(onehot, proba))),
+            "val_accuracy": float((proba.argmax(axis=1) == self.val.y).mean()),
+        }
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        scores = self.scores()
         if logs is not None:
-            logs["val_loss"] = float(keras.ops.convert_to_numpy(self.loss(onehot, proba)))
-            logs["val_accuracy"] = float((proba.argmax(axis=1) == self.val.y).mean())
+            logs.update(scores)
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -233,12 +242,15 @@ def fit_model(
     verbose: int = 1,
     strategy: tf.distribute.Strategy | None = None,
     resume: Resume | None = None,
+    initial_weights: list[np.ndarray] | None = None,
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Build, compile and fit the CNN; returns the model to save (best weights restored: the
     network, or with model.test_time_flip the network wrapped in it) and its history.
 
     verbose=0 prints nothing. With `resume`, the state is saved after every epoch, and training
     continues from resume.saved when there is one (history then includes its epochs).
+    `initial_weights` (the network's, e.g. the champion's: fine_tune.py) replace the random ones
+    before training; their validation scores are history.attrs' init_val_loss/init_val_accuracy.
     """
     strategy = strategy or distribution_strategy(train_params.distribution)
     set_seeds(train_params.seed)
@@ -254,6 +266,10 @@ def fit_model(
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_params.label_smoothing),
             metrics=["accuracy"],
         )
+        if initial_weights is not None:
+            model.set_weights(initial_weights)
+    validation = Validation(saved, val, train_params.label_smoothing)
+    start = validation.scores() if initial_weights is not None else {}
     logger = EpochLogger()
     stop = keras.callbacks.EarlyStopping(
         monitor="val_accuracy",
@@ -272,7 +288,7 @@ def fit_model(
             initial_epoch=first_epoch,
             steps_per_epoch=steps,
             callbacks=[
-                Validation(saved, val, train_params.label_smoothing),
+                validation,
                 logger,
                 stop,
                 *keep,
@@ -285,6 +301,7 @@ def fit_model(
     history = pd.DataFrame(logger.rows)
     # EarlyStopping restores the weights of the first epoch with the best val_accuracy.
     history.attrs["best_epoch"] = int(history["val_accuracy"].idxmax()) + 1
+    history.attrs |= {f"init_{k}": v for k, v in start.items()}
     return saved, history
 
 

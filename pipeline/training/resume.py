@@ -37,7 +37,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 import keras
+import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 
 STATE_DIR = ".train-state"
 _LOCK = "lock"
@@ -193,6 +195,19 @@ def restore(
     for name, value in saved.early_stopping.items():
         setattr(stop, name, value)
     history[:] = saved.history
+
+
+def continued_run(saved: Saved | None, experiment_id: str) -> str | None:
+    """The MLflow run of the saved state, if this tracking store still has it in the experiment."""
+    run_id = saved.run.get("mlflow_run_id") if saved else None
+    if not run_id:
+        return None
+    try:
+        found = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        return None
+    same = found.info.experiment_id == experiment_id and found.info.lifecycle_stage == "active"
+    return run_id if same else None
 
 
 @dataclass

@@ -1,17 +1,23 @@
-// The /ui page: plain JavaScript, no dependencies. It calls the service's own API:
-// GET /metadata, GET /samples and POST /explain (multipart `image`, `invert`), the same
-// image path /classify takes. Paths are relative to /ui/ so the page works behind a prefix.
-"use strict";
+// The /ui page's entry module (index.html loads it; ES modules, no build step, no dependencies).
+// It calls the service's own API: GET /metadata, GET /samples and POST /explain (multipart
+// `image`, `invert`), the same image path /classify takes, and POST /feedback with the answer's
+// prediction_id. Paths are relative to /ui/ so the page works behind a prefix.
+// A service started with an API token (docs/serving.md) answers /explain 401 until the page
+// sends `Authorization: Bearer <token>`: the page then asks for the token once and keeps it in
+// sessionStorage (this tab only, gone when it closes). Section 4 is lesson.js's.
+import { $, element } from "./dom.js";
+import { startLesson, workOnImage } from "./lesson.js";
 
 const api = (path) => new URL(`../${path}`, document.baseURI).href;
-const $ = (id) => document.getElementById(id);
 const BRUSH = 22; // canvas pixels (of 280): about 2 pixels wide at 28x28, like Fashion-MNIST strokes
 
 let latest = 0; // the newest request: answers to older ones are dropped
 let samples = null;
+const TOKEN_KEY = "fashion-mnist-api-token";
+let pending = null; // the image a 401 stopped: explained again once a token is given
 
-function show(element, visible) {
-  element.hidden = !visible;
+function show(node, visible) {
+  node.hidden = !visible;
 }
 
 function setStatus(text) {
@@ -27,17 +33,21 @@ function percent(p) {
   return `${(100 * p).toFixed(1)}%`;
 }
 
-function element(tag, props = {}, children = []) {
-  const node = document.createElement(tag);
-  Object.assign(node, props);
-  for (const child of children) node.append(child);
-  return node;
-}
-
 // A grid image's own size, so the page keeps its aspect ratio while CSS scales it up.
 function sizeGrid(img, grid) {
   img.width = grid.cols * (grid.tile + grid.gap) - grid.gap;
   img.height = grid.rows * (grid.tile + grid.gap) - grid.gap;
+}
+
+function authorization() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function askForToken(message) {
+  showError(message);
+  show($("token-form"), true);
+  $("token").focus();
 }
 
 async function loadMetadata() {
@@ -62,7 +72,11 @@ async function explain(blob, filename, source) {
   showError("");
   let response, body;
   try {
-    response = await fetch(api("explain"), { method: "POST", body: form });
+    response = await fetch(api("explain"), {
+      method: "POST",
+      body: form,
+      headers: authorization(),
+    });
     body = await response.json();
   } catch (err) {
     if (request !== latest) return;
@@ -71,6 +85,17 @@ async function explain(blob, filename, source) {
     return;
   }
   if (request !== latest) return;
+  if (response.status === 401) {
+    setStatus("");
+    show($("result"), false);
+    show($("inside"), false);
+    pending = [blob, filename, source];
+    const refused = sessionStorage.getItem(TOKEN_KEY) !== null;
+    sessionStorage.removeItem(TOKEN_KEY);
+    const error = body.error || "HTTP 401";
+    askForToken(refused ? `The token was refused: ${error}` : error);
+    return;
+  }
   if (!response.ok) {
     setStatus("");
     show($("result"), false);
@@ -132,11 +157,88 @@ function render(result) {
       return element("figure", { className: "layer" }, [img, caption]);
     }),
   );
+  offerFeedback(result);
   show($("result"), true);
   show($("inside"), true);
-  // Section 4 (lesson.js) works on the same answer.
-  document.dispatchEvent(new CustomEvent("explained", { detail: result }));
+  workOnImage(result); // section 4 works on the same answer
 }
+
+// --- "Is this right?": a correction (or a confirmation) of the answer shown, to POST /feedback ---
+let answered = null; // the answer the buttons correct: its prediction_id and class
+
+function offerFeedback(result) {
+  answered = result;
+  $("feedback-status").textContent = "";
+  $("feedback-classes").replaceChildren(
+    ...Object.keys(result.probabilities).map((name, id) => {
+      const button = element("button", { type: "button", textContent: name });
+      button.dataset.classId = String(id);
+      if (name === result.class_name) button.classList.add("predicted");
+      button.addEventListener("click", () => sendFeedback(id, name));
+      return button;
+    }),
+  );
+}
+
+async function sendFeedback(classId, name) {
+  const result = answered;
+  const buttons = [...$("feedback-classes").querySelectorAll("button")];
+  for (const button of buttons) button.disabled = true;
+  $("feedback-status").textContent = `Sending “${name}”…`;
+  let response, body;
+  try {
+    response = await fetch(api("feedback"), {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...authorization() },
+      body: JSON.stringify({
+        items: [{ prediction_id: result.prediction_id, label: classId }],
+        source: "page",
+      }),
+    });
+    body = await response.json();
+  } catch (err) {
+    body = { error: `the service did not answer: ${err.message}` };
+  }
+  if (result !== answered) return; // a new image came meanwhile
+  if (response && response.status === 401) {
+    for (const button of buttons) button.disabled = false;
+    $("feedback-status").textContent = "";
+    askForToken(body.error || "HTTP 401");
+    return;
+  }
+  if (!response || !response.ok) {
+    for (const button of buttons) button.disabled = false;
+    $("feedback-status").textContent = `Not stored: ${body.error || `HTTP ${response.status}`}`;
+    return;
+  }
+  const stored = body.stored[0];
+  for (const button of buttons) {
+    button.setAttribute("aria-pressed", String(Number(button.dataset.classId) === classId));
+  }
+  $("feedback-status").textContent = stored.agrees
+    ? `Stored: “${stored.label_name}”, the model was right (correction ${stored.id.slice(0, 8)}).`
+    : `Stored: “${stored.label_name}”; the model said “${stored.predicted_name}” ` +
+      `(correction ${stored.id.slice(0, 8)}). It joins the data once curated.`;
+}
+
+// --- the API token, when the service asks for one ---
+$("token-form").addEventListener("submit", (event) => {
+  event.preventDefault(); // handled here: nothing is submitted anywhere
+  const token = $("token").value.trim();
+  if (!/^[\x21-\x7e]+$/.test(token)) {
+    askForToken("Paste the token: printable characters, no spaces.");
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("token").value = "";
+  show($("token-form"), false);
+  showError("");
+  if (pending) {
+    const [blob, filename, source] = pending;
+    pending = null;
+    explain(blob, filename, source);
+  }
+});
 
 // --- file choice and drag and drop ---
 $("file").addEventListener("change", () => {
@@ -258,4 +360,5 @@ $("explain-drawing").addEventListener("click", () => {
 $("clear").addEventListener("click", clearCanvas);
 
 clearCanvas();
+startLesson();
 loadMetadata();

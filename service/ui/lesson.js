@@ -1,140 +1,24 @@
 // Section 4 of the /ui page: a first CNN course's arithmetic, worked on the person's own image.
 // Everything here runs in the browser on the pixels /explain already returned (no request per
-// change). The pure functions at the top (geometry, cross-correlation, pooling, formatting) are
-// the whole computation; the rest draws it and keeps the controls in step.
-"use strict";
-
-// --- pure functions ---------------------------------------------------------------------------
-
-// Padding before (top/left) and after (bottom/right) and the output size, as Keras computes them.
-// "same" pads so the output is ceil(n / s) wide, the odd pixel of padding going bottom/right;
-// p = total / 2 (0.5 when the two sides differ) is the p of floor((n + 2p - f) / s) + 1.
-function geometry(n, f, s, padding) {
-  let total = 0;
-  if (padding === "same") total = Math.max((Math.ceil(n / s) - 1) * s + f - n, 0);
-  const before = Math.floor(total / 2);
-  const p = total / 2;
-  return { n, f, s, p, before, after: total - before, nOut: Math.floor((n + 2 * p - f) / s) + 1 };
-}
-
-// The formula with the numbers filled in, written as section 3 and the layer table write it.
-function formulaText(g) {
-  return `floor((${g.n} + 2*${g.p} - ${g.f}) / ${g.s}) + 1 = ${g.nOut}`;
-}
-
-// Cross-correlation (deep learning's "convolution": the kernel is not flipped) of C channels
-// (each a Float64Array of n*n, row-major) with a C x f x f kernel; zeros outside the input.
-function correlate(channels, n, kernel, g) {
-  const out = new Float64Array(Math.max(g.nOut, 0) ** 2);
-  for (let r = 0; r < g.nOut; r++) {
-    for (let c = 0; c < g.nOut; c++) {
-      let sum = 0;
-      for (const term of windowTerms(channels, n, kernel, g, r, c)) sum += term.x * term.w;
-      out[r * g.nOut + c] = sum;
-    }
-  }
-  return out;
-}
-
-// The f*f*C products behind output pixel (r, c): input position (row, col, possibly in the zero
-// frame), its value x and the weight w, in reading order, channel by channel.
-function windowTerms(channels, n, kernel, g, r, c) {
-  const terms = [];
-  channels.forEach((values, ch) => {
-    for (let i = 0; i < g.f; i++) {
-      for (let j = 0; j < g.f; j++) {
-        const row = r * g.s + i - g.before;
-        const col = c * g.s + j - g.before;
-        const inside = row >= 0 && row < n && col >= 0 && col < n;
-        terms.push({ ch, row, col, x: inside ? values[row * n + col] : 0, w: kernel[ch][i][j] });
-      }
-    }
-  });
-  return terms;
-}
-
-// Max pooling of an m x m map with an f x f window at stride s (no padding, like the network's).
-function maxPool(map, m, f, s) {
-  const n = Math.floor((m - f) / s) + 1;
-  const values = new Float64Array(Math.max(n, 0) ** 2);
-  const from = new Int32Array(values.length); // the index into `map` of each chosen maximum
-  for (let r = 0; r < n; r++) {
-    for (let c = 0; c < n; c++) {
-      let best = -Infinity;
-      for (let i = 0; i < f; i++) {
-        for (let j = 0; j < f; j++) {
-          const k = (r * s + i) * m + c * s + j;
-          if (map[k] > best) [best, from[r * n + c]] = [map[k], k];
-        }
-      }
-      values[r * n + c] = best;
-    }
-  }
-  return { n, values, from };
-}
-
-// The activations g the network may use (pipeline/promotion/export.py names them).
-function erf(x) {
-  // Abramowitz and Stegun 7.1.26, |error| < 1.5e-7: far below what the page shows.
-  const t = 1 / (1 + 0.3275911 * Math.abs(x));
-  const y =
-    1 -
-    ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) *
-      t *
-      Math.exp(-x * x);
-  return x < 0 ? -y : y;
-}
-const ACTIVATIONS = {
-  linear: { text: "g(z) = z", g: (z) => z },
-  relu: { text: "ReLU(z) = max(0, z)", g: (z) => Math.max(0, z) },
-  elu: { text: "ELU(z)", g: (z) => (z > 0 ? z : Math.exp(z) - 1) },
-  gelu: { text: "GELU(z) = z·Φ(z)", g: (z) => 0.5 * z * (1 + erf(z / Math.SQRT2)) },
-  swish: { text: "swish(z) = z·σ(z)", g: (z) => z / (1 + Math.exp(-z)) },
-  silu: { text: "swish(z) = z·σ(z)", g: (z) => z / (1 + Math.exp(-z)) },
-  tanh: { text: "tanh(z)", g: Math.tanh },
-};
-
-// A kernel typed as rows of numbers (newlines or ";" between rows; spaces or "," between
-// numbers; brackets ignored). Returns {kernel} or {error} naming what is wrong.
-function parseKernel(text) {
-  const rows = text
-    .replace(/[[\]]/g, " ")
-    .replace(/\u2212/g, "-")
-    .split(/[;\n]/)
-    .map((row) => row.trim())
-    .filter(Boolean)
-    .map((row) => row.split(/[\s,]+/));
-  const f = rows.length;
-  if (f < 1 || f > 7) return { error: `a kernel has 1 to 7 rows; this has ${f}` };
-  const kernel = [];
-  for (const [i, row] of rows.entries()) {
-    if (row.length !== f) {
-      return { error: `row ${i + 1} has ${row.length} numbers: a ${f}-row kernel is ${f}×${f}` };
-    }
-    const numbers = row.map(Number);
-    const bad = row.find((word, j) => word === "" || !Number.isFinite(numbers[j]));
-    if (bad !== undefined) return { error: `"${bad}" in row ${i + 1} is not a number` };
-    kernel.push(numbers);
-  }
-  return { kernel };
-}
-
-// Numbers as the page writes them: integers as integers, others with `digits` decimals at most;
-// negative numbers with a real minus sign, in brackets when they are a factor.
-function fmt(value, digits = 4) {
-  const text = Number.isInteger(value) ? String(value) : String(Number(value.toFixed(digits)));
-  return text.replace("-", "\u2212");
-}
-function factor(value, digits) {
-  return value < 0 ? `(${fmt(value, digits)})` : fmt(value, digits);
-}
-function matrixText(values, n, digits) {
-  const rows = [];
-  for (let r = 0; r < n; r++) {
-    rows.push(Array.from(values.subarray(r * n, r * n + n), (v) => fmt(v, digits)).join(" "));
-  }
-  return `[${rows.join("; ")}]`;
-}
+// change). The computation is lesson-math.js's (pure functions, tested in Node); this module
+// reads the controls, draws the maps and writes the sums out. app.js calls startLesson() once
+// and workOnImage() with each /explain answer it draws.
+import {
+  ACTIVATIONS,
+  convolve,
+  correlate,
+  factor,
+  fmt,
+  formulaText,
+  geometry,
+  mapPictureValue,
+  matrixText,
+  maxPool,
+  parseKernel,
+  strongest,
+  windowTerms,
+} from "./lesson-math.js";
+import { $, element } from "./dom.js";
 
 // --- the kernels on offer ---------------------------------------------------------------------
 
@@ -179,14 +63,13 @@ const TEXTBOOK = {
 
 // --- state and drawing ------------------------------------------------------------------------
 
-const L$ = (id) => document.getElementById(id);
 const NEGATIVE = [33, 102, 172]; // the filters' colours in section 3: blue negative, red positive
 const POSITIVE = [178, 24, 43];
 const CHANNEL_TINT = [[255, 0, 0], [0, 255, 0], [0, 0, 255]];
 
 const lesson = {
   explained: null, // the /explain answer of the person's image
-  section3: null, // conv_0's feature maps as drawn in section 3: {data, width}
+  mapPicture: null, // the first conv layer's maps as section 3 draws them: {layer, data, width}
   sel: null, // the chosen output pixel {r, c}
   poolSel: null,
   result: null, // the last computation (see compute)
@@ -199,7 +82,7 @@ function diverging(value, scale) {
 }
 
 function setText(id, text) {
-  L$(id).textContent = text;
+  $(id).textContent = text;
 }
 
 function cellSize(cells) {
@@ -255,7 +138,7 @@ function rgb(values) {
 
 // The input: C channels of n*n values, their units, and how to draw them.
 function currentInput() {
-  const choice = L$("lesson-input").value;
+  const choice = $("lesson-input").value;
   if (choice in TEXTBOOK) {
     const rows = TEXTBOOK[choice].rows;
     return { n: rows.length, channels: [Float64Array.from(rows.flat())], units: "raw", kind: choice };
@@ -270,9 +153,9 @@ function currentInput() {
 
 // The kernel as {name, f, rows, learned (filter index or null)}, or {error}.
 function currentKernel() {
-  const choice = L$("lesson-kernel").value;
+  const choice = $("lesson-kernel").value;
   if (choice === "typed") {
-    const parsed = parseKernel(L$("lesson-typed").value);
+    const parsed = parseKernel($("lesson-typed").value);
     if (parsed.error) return parsed;
     return { name: "Your kernel", f: parsed.kernel.length, rows: parsed.kernel, learned: null };
   }
@@ -293,7 +176,7 @@ function radio(name) {
 // Per-channel multipliers of a colour input's 3 x f x f filter (the kernel above, negated, or 0).
 function channelFactors(count) {
   if (count === 1) return [1];
-  return ["r", "g", "b"].map((ch) => Number(L$(`lesson-mix-${ch}`).value));
+  return ["r", "g", "b"].map((ch) => Number($(`lesson-mix-${ch}`).value));
 }
 
 function compute() {
@@ -303,25 +186,26 @@ function compute() {
   if (kernel.error) return null;
   // The network computes on pixels scaled to 0-1; the classic kernels are shown on 0-255 pixels.
   const unit = input.units === "pixels" && kernel.learned !== null ? 1 / 255 : 1;
-  const channels = input.channels.map((values) => values.map((v) => v * unit));
-  const factors = channelFactors(channels.length);
-  const full = factors.map((m) => kernel.rows.map((row) => row.map((w) => w * m + 0)));
-  const g = geometry(input.n, kernel.f, Number(radio("lesson-stride")), radio("lesson-padding"));
-  const out = g.nOut >= 1 ? correlate(channels, input.n, full, g) : new Float64Array(0);
+  const { channels, filter, g, out } = convolve(input.channels, input.n, kernel.rows, {
+    factors: channelFactors(input.channels.length),
+    unit,
+    stride: Number(radio("lesson-stride")),
+    padding: radio("lesson-padding"),
+  });
   const digits = unit === 1 ? 4 : 5;
-  return { input, kernel, unit, channels, full, g, out, digits };
+  return { input, kernel, unit, channels, filter, g, out, digits };
 }
 
 // --- rendering --------------------------------------------------------------------------------
 
 function showKernelError(text) {
   setText("lesson-kernel-error", text ? `Kernel: ${text}.` : "");
-  L$("lesson-kernel-error").hidden = !text;
-  L$("lesson-work").hidden = Boolean(text);
+  $("lesson-kernel-error").hidden = !text;
+  $("lesson-work").hidden = Boolean(text);
 }
 
 // A changed pixel or pooled cell: redraw what shows the selection; nothing is recomputed.
-function select() {
+function redrawSelection() {
   if (!lesson.result) return;
   drawOutput(lesson.result);
   drawPooling(lesson.result, true);
@@ -343,14 +227,6 @@ function update({ keepSelection = false } = {}) {
   explainPixel();
 }
 
-function strongest(values, n) {
-  let best = 0;
-  values.forEach((v, k) => {
-    if (Math.abs(v) > Math.abs(values[best])) best = k;
-  });
-  return { r: Math.floor(best / n), c: best % n };
-}
-
 // Channel ch's value at cell (i, j) of the padded input, or null in the zero frame.
 function paddedValue(input, g, ch, i, j) {
   const [row, col] = [i - g.before, j - g.before];
@@ -364,7 +240,7 @@ function drawInput(result) {
   const { input, g, unit } = result;
   const cells = input.n + g.before + g.after;
   const small = input.n <= 12;
-  const canvas = L$("lesson-in");
+  const canvas = $("lesson-in");
   const value = (ch, i, j) => paddedValue(input, g, ch, i, j);
   const high = Math.max(...input.channels.map((values) => Math.max(...values)), 1);
   drawGrid(
@@ -411,10 +287,10 @@ function drawInput(result) {
 function drawChannels(result) {
   const { input, g } = result;
   const colour = input.kind === "colour";
-  L$("lesson-colour").hidden = !colour;
+  $("lesson-colour").hidden = !colour;
   if (!colour) return;
   ["r", "g", "b"].forEach((name, ch) => {
-    const canvas = L$(`lesson-channel-${name}`);
+    const canvas = $(`lesson-channel-${name}`);
     const cells = input.n + g.before + g.after;
     drawGrid(canvas, cells, (i, j) => {
       const v = paddedValue(input, g, ch, i, j);
@@ -425,13 +301,13 @@ function drawChannels(result) {
 }
 
 function drawKernel(result) {
-  const { full, kernel, input } = result;
-  const scale = Math.max(...full.flat(2).map(Math.abs), 1e-12);
+  const { filter, kernel, input } = result;
+  const scale = Math.max(...filter.flat(2).map(Math.abs), 1e-12);
   const names = ["R", "G", "B"];
-  const tables = full.map((channel, ch) => {
+  const tables = filter.map((channel, ch) => {
     const table = document.createElement("table");
     table.className = "kernel";
-    if (full.length > 1) table.createCaption().textContent = names[ch];
+    if (filter.length > 1) table.createCaption().textContent = names[ch];
     for (const row of channel) {
       const tr = table.insertRow();
       for (const w of row) {
@@ -443,8 +319,8 @@ function drawKernel(result) {
     }
     return table;
   });
-  L$("lesson-kernel-tables").replaceChildren(...tables);
-  const shape = full.length > 1 ? `${kernel.f}×${kernel.f}×3 = ${kernel.f ** 2 * 3} numbers` : `${kernel.f}×${kernel.f}`;
+  $("lesson-kernel-tables").replaceChildren(...tables);
+  const shape = filter.length > 1 ? `${kernel.f}×${kernel.f}×3 = ${kernel.f ** 2 * 3} numbers` : `${kernel.f}×${kernel.f}`;
   const note =
     input.kind === "colour" ? ": one f×f slice per input channel, all summed into one output" : "";
   setText("lesson-kernel-caption", `${kernel.name}, ${shape}${note}.`);
@@ -452,9 +328,9 @@ function drawKernel(result) {
 
 function drawOutput(result) {
   const { g, out, digits } = result;
-  const canvas = L$("lesson-out");
+  const canvas = $("lesson-out");
   const ok = g.nOut >= 1;
-  L$("lesson-out-figure").hidden = !ok;
+  $("lesson-out-figure").hidden = !ok;
   setText("lesson-formula", formulaText(g));
   const pad =
     radio("lesson-padding") === "valid"
@@ -465,7 +341,7 @@ function drawOutput(result) {
   const fits = ok ? "" : ` The ${g.f}×${g.f} kernel does not fit in the ${g.n}×${g.n} input: no output.`;
   setText("lesson-padding-note", `${pad}.${fits}`);
   if (!ok) {
-    L$("lesson-values").hidden = true;
+    $("lesson-values").hidden = true;
     drawInput(result);
     return;
   }
@@ -482,28 +358,28 @@ function drawOutput(result) {
   setText("lesson-size", `Output drawn: ${g.nOut}×${g.nOut}.`);
   setText("legend-low", `−${fmt(scale, digits)}`);
   setText("legend-high", `+${fmt(scale, digits)}`);
-  L$("lesson-values").hidden = !small;
+  $("lesson-values").hidden = !small;
   setText("lesson-values", small ? `Output values: ${matrixText(out, g.nOut, digits)}` : "");
   drawInput(result);
 }
 
 function drawPooling(result, keepSelection) {
   const { g, out, digits } = result;
-  const f = Number(L$("lesson-pool").value);
-  const s = Number(L$("lesson-pool-stride").value);
-  const box = L$("lesson-pooled");
+  const f = Number($("lesson-pool").value);
+  const s = Number($("lesson-pool-stride").value);
+  const box = $("lesson-pooled");
   box.hidden = f === 0 || g.nOut < 1;
-  L$("lesson-pool-stride").disabled = f === 0;
+  $("lesson-pool-stride").disabled = f === 0;
   result.pool = null;
   if (box.hidden) return;
   const pg = geometry(g.nOut, f, s, "valid");
   setText("lesson-pool-formula", formulaText(pg));
   if (pg.nOut < 1) {
     setText("lesson-pool-size", `The ${f}×${f} window does not fit in the ${g.nOut}×${g.nOut} map.`);
-    L$("lesson-pool-figure").hidden = true;
+    $("lesson-pool-figure").hidden = true;
     return;
   }
-  L$("lesson-pool-figure").hidden = false;
+  $("lesson-pool-figure").hidden = false;
   const pooled = maxPool(out, g.nOut, f, s);
   result.pool = pooled;
   const sel = lesson.poolSel;
@@ -511,7 +387,7 @@ function drawPooling(result, keepSelection) {
     lesson.poolSel = strongest(pooled.values, pooled.n);
   }
   const small = pooled.n <= 12;
-  const canvas = L$("lesson-pool-out");
+  const canvas = $("lesson-pool-out");
   drawGrid(
     canvas,
     pooled.n,
@@ -521,15 +397,15 @@ function drawPooling(result, keepSelection) {
   outline(canvas, lesson.poolSel.r, lesson.poolSel.c, 1, "#2da44e");
   setText("lesson-pool-size", `Pooled map drawn: ${pooled.n}×${pooled.n}.`);
   const { r, c } = lesson.poolSel;
-  outline(L$("lesson-out"), r * s, c * s, f, "#2da44e", true);
-  const window = [];
+  outline($("lesson-out"), r * s, c * s, f, "#2da44e", true);
+  const pooledWindow = [];
   for (let i = 0; i < f; i++) {
-    for (let j = 0; j < f; j++) window.push(fmt(out[(r * s + i) * g.nOut + c * s + j], digits));
+    for (let j = 0; j < f; j++) pooledWindow.push(fmt(out[(r * s + i) * g.nOut + c * s + j], digits));
   }
   const at = pooled.from[r * pooled.n + c];
   setText(
     "lesson-pool-max",
-    `Pooled cell (row ${r}, column ${c}): max(${window.join(", ")}) = ` +
+    `Pooled cell (row ${r}, column ${c}): max(${pooledWindow.join(", ")}) = ` +
       `${fmt(pooled.values[r * pooled.n + c], digits)}, from output pixel ` +
       `(row ${Math.floor(at / g.nOut)}, column ${at % g.nOut}).`,
   );
@@ -539,12 +415,12 @@ function drawPooling(result, keepSelection) {
 function explainPixel() {
   const result = lesson.result;
   if (!result || !lesson.sel || result.g.nOut < 1) {
-    L$("lesson-sum").replaceChildren();
+    $("lesson-sum").replaceChildren();
     return;
   }
   const { r, c } = lesson.sel;
-  const { g, input, channels, full, out, digits } = result;
-  const terms = windowTerms(channels, input.n, full, g, r, c);
+  const { g, input, channels, filter, out, digits } = result;
+  const terms = windowTerms(channels, input.n, filter, g, r, c);
   const value = out[r * g.nOut + c];
   const subtotals = [];
   const lines = channels.map((_, ch) => {
@@ -569,7 +445,7 @@ function explainPixel() {
       `column ${c * g.s - g.before}${padded ? " (partly in the zero padding)" : ""}; ` +
       `${terms.length} products:`,
   );
-  L$("lesson-sum").replaceChildren(...lines);
+  $("lesson-sum").replaceChildren(...lines);
   const share = Math.round((100 * Math.abs(value)) / result.scale);
   setText(
     "lesson-shown",
@@ -577,7 +453,7 @@ function explainPixel() {
       (value === 0 ? "white" : `${value < 0 ? "blue" : "red"}, ${share}% of the legend's ±${fmt(result.scale, digits)}`) +
       ".",
   );
-  L$("lesson-out").setAttribute(
+  $("lesson-out").setAttribute(
     "aria-label",
     `Output map, ${g.nOut} by ${g.nOut}; chosen pixel row ${r}, column ${c} = ${fmt(value, digits)}. ` +
       "Arrow keys move the chosen pixel.",
@@ -588,7 +464,7 @@ function explainPixel() {
 // --- from the lesson to the network -----------------------------------------------------------
 
 function drawNetwork(result, c0) {
-  const box = L$("lesson-network");
+  const box = $("lesson-network");
   const { kernel, input, g } = result;
   const filters = lesson.explained?.filters;
   if (kernel.learned === null || input.kind !== "gray" || !filters) {
@@ -599,7 +475,7 @@ function drawNetwork(result, c0) {
   const k = kernel.learned;
   const layer = filters.layer;
   const show = (steps, agree = "") => {
-    L$("lesson-chain").replaceChildren(...steps.map((t) => element("li", { textContent: t })));
+    $("lesson-chain").replaceChildren(...steps.map((t) => element("li", { textContent: t })));
     setText("lesson-agree", agree);
   };
   if (radio("lesson-padding") !== "same" || g.s !== 1) {
@@ -628,24 +504,23 @@ function drawNetwork(result, c0) {
       : `z = W·a + b = ${fmt(c0, 5)} + ${factor(shift, 5)} = ${fmt(z, 5)}.`,
   );
   steps.push(`a = g(z), with g = ${act.text}: a = ${fmt(a, 5)}.`);
-  const drawn = section3Value(k, r, c);
-  if (drawn) {
-    steps.push(
-      `Section 3 draws ${layer}'s map #${k} at that pixel as gray level ${drawn.level} of 255: ` +
-        `${fmt(drawn.low, 5)} + ${drawn.level}/255 × (${fmt(drawn.high, 5)} − ${factor(drawn.low, 5)}) = ` +
-        `${fmt(drawn.value, 5)}, which is a to within the picture's rounding (±${fmt(drawn.step / 2, 5)}).`,
-    );
-  }
-  if (!drawn) {
+  const picture = lesson.mapPicture;
+  if (!picture) {
     show(steps); // section 3's picture is still being read
     return;
   }
+  const drawn = mapPictureValue(picture, k, r, c);
+  steps.push(
+    `Section 3 draws ${layer}'s map #${k} at that pixel as gray level ${drawn.level} of 255: ` +
+      `${fmt(drawn.low, 5)} + ${drawn.level}/255 × (${fmt(drawn.high, 5)} − ${factor(drawn.low, 5)}) = ` +
+      `${fmt(drawn.value, 5)}, which is a to within the picture's rounding (±${fmt(drawn.step / 2, 5)}).`,
+  );
   // The whole map at once: every pixel's a against section 3's picture.
   let worst = 0;
   for (let i = 0; i < g.nOut; i++) {
     for (let j = 0; j < g.nOut; j++) {
       const mine = act.g(scale * result.out[i * g.nOut + j] + shift);
-      worst = Math.max(worst, Math.abs(mine - section3Value(k, i, j).value));
+      worst = Math.max(worst, Math.abs(mine - mapPictureValue(picture, k, i, j).value));
     }
   }
   const half = drawn.step / 2;
@@ -657,25 +532,10 @@ function drawNetwork(result, c0) {
   );
 }
 
-function element(tag, props) {
-  return Object.assign(document.createElement(tag), props);
-}
-
-// The value section 3's picture shows for channel k at (r, c) of the first conv layer's maps.
-function section3Value(k, r, c) {
-  const maps = lesson.section3;
-  if (!maps) return null;
-  const { maps: grid, low, high } = maps.layer;
-  const step = grid.tile + grid.gap;
-  const x = (k % grid.cols) * step + c;
-  const y = Math.floor(k / grid.cols) * step + r;
-  const level = maps.data[(y * maps.width + x) * 4];
-  const span = high[k] - low[k];
-  return { level, low: low[k], high: high[k], value: low[k] + (level / 255) * span, step: span / 255 };
-}
-
-function loadSection3(layer) {
-  lesson.section3 = null;
+// Reads the first conv layer's feature-map picture (section 3's) back into pixels, so the chain
+// above can end at the value that picture shows.
+function loadMapPicture(layer) {
+  lesson.mapPicture = null;
   const img = new Image();
   img.onload = () => {
     const canvas = document.createElement("canvas");
@@ -684,7 +544,7 @@ function loadSection3(layer) {
     pen.drawImage(img, 0, 0);
     const data = pen.getImageData(0, 0, canvas.width, canvas.height).data;
     if (lesson.explained?.layers[0] !== layer) return; // a newer image arrived meanwhile
-    lesson.section3 = { layer, data, width: canvas.width };
+    lesson.mapPicture = { layer, data, width: canvas.width };
     update({ keepSelection: true });
   };
   img.src = layer.maps.png;
@@ -715,7 +575,7 @@ function drawStack(result) {
       figures.push(figure);
     }
   }
-  L$("lesson-stack-maps").replaceChildren(...figures);
+  $("lesson-stack-maps").replaceChildren(...figures);
   const depth = channels.length;
   const k = figures.length;
   setText(
@@ -731,20 +591,20 @@ function drawStack(result) {
 // --- controls ---------------------------------------------------------------------------------
 
 function fillKernelChoices() {
-  const select = L$("lesson-kernel");
+  const menu = $("lesson-kernel");
   const group = (label, entries) => {
     const node = element("optgroup", { label });
     for (const [value, text] of entries) node.append(element("option", { value, textContent: text }));
     return node;
   };
   const classic = Object.keys(CLASSIC).filter((key) => !LINES.includes(key));
-  select.replaceChildren(
+  menu.replaceChildren(
     group("Classic", classic.map((key) => [key, CLASSIC[key][0]])),
     group("Line detectors", LINES.map((key) => [key, CLASSIC[key][0]])),
     group("Your own", [["typed", "type a kernel (f×f, f from 1 to 7)"]]),
   );
-  select.value = "sobel-top";
-  const stack = L$("lesson-stack-choices");
+  menu.value = "sobel-top";
+  const stack = $("lesson-stack-choices");
   stack.replaceChildren(
     ...Object.keys(CLASSIC).map((key) => {
       const box = element("input", { type: "checkbox", name: "lesson-stack", value: key });
@@ -759,36 +619,40 @@ function fillKernelChoices() {
 }
 
 function addLearnedChoices(filters) {
-  const select = L$("lesson-kernel");
-  select.querySelector('optgroup[data-learned]')?.remove();
+  const menu = $("lesson-kernel");
+  menu.querySelector("optgroup[data-learned]")?.remove();
   const node = element("optgroup", { label: `Learned by the served model (${filters.layer})` });
   node.dataset.learned = "1";
   filters.kernels.forEach((_, k) => {
     node.append(element("option", { value: `learned:${k}`, textContent: `${filters.layer} filter #${k}` }));
   });
-  select.append(node);
+  menu.append(node);
 }
 
 function loadTextbook(key) {
   const example = TEXTBOOK[key];
-  L$("lesson-input").value = key;
-  L$("lesson-kernel").value = "typed";
-  L$("lesson-typed").value = example.kernel;
+  $("lesson-input").value = key;
+  $("lesson-kernel").value = "typed";
+  $("lesson-typed").value = example.kernel;
   document.querySelector('input[name="lesson-padding"][value="valid"]').checked = true;
   document.querySelector(`input[name="lesson-stride"][value="${example.stride}"]`).checked = true;
-  L$("lesson-pool").value = "0";
+  $("lesson-pool").value = "0";
   syncControls();
   update();
   setText("lesson-textbook-note", `Textbook example, ${example.label}: ${example.note}`);
 }
 
 function syncControls() {
-  const typed = L$("lesson-kernel").value === "typed";
-  L$("lesson-typed-box").hidden = !typed;
-  const colour = L$("lesson-input").value === "colour";
-  L$("lesson-mix").hidden = !colour;
-  if (!(L$("lesson-input").value in TEXTBOOK)) setText("lesson-textbook-note", "");
+  const typed = $("lesson-kernel").value === "typed";
+  $("lesson-typed-box").hidden = !typed;
+  const colour = $("lesson-input").value === "colour";
+  $("lesson-mix").hidden = !colour;
+  if (!($("lesson-input").value in TEXTBOOK)) setText("lesson-textbook-note", "");
 }
+
+// Hovering explores; a click or tap pins the pixel (so the pointer can go and read the sum), and
+// a click on the pinned pixel lets hovering explore again. The arrow keys move a pinned pixel.
+const pinned = { sel: false, poolSel: false };
 
 function moveSelection(event, key, size) {
   const moves = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
@@ -801,12 +665,8 @@ function moveSelection(event, key, size) {
     r: Math.min(n - 1, Math.max(0, lesson[key].r + dr)),
     c: Math.min(n - 1, Math.max(0, lesson[key].c + dc)),
   };
-  select();
+  redrawSelection();
 }
-
-// Hovering explores; a click or tap pins the pixel (so the pointer can go and read the sum), and
-// a click on the pinned pixel lets hovering explore again. The arrow keys move a pinned pixel.
-const pinned = { sel: false, poolSel: false };
 
 function pointAt(event, canvas, key) {
   const box = canvas.getBoundingClientRect();
@@ -822,7 +682,7 @@ function pointAt(event, canvas, key) {
   }
   if (same) return;
   lesson[key] = { r, c };
-  select();
+  redrawSelection();
 }
 
 function wire() {
@@ -832,55 +692,59 @@ function wire() {
     update();
   };
   for (const id of ["lesson-input", "lesson-kernel", "lesson-mix-r", "lesson-mix-g", "lesson-mix-b"]) {
-    L$(id).addEventListener("change", changed);
+    $(id).addEventListener("change", changed);
   }
   for (const id of ["lesson-pool", "lesson-pool-stride"]) {
-    L$(id).addEventListener("change", () => update({ keepSelection: true }));
+    $(id).addEventListener("change", () => update({ keepSelection: true }));
   }
-  L$("lesson-typed").addEventListener("input", () => update({ keepSelection: true }));
+  $("lesson-typed").addEventListener("input", () => update({ keepSelection: true }));
   for (const name of ["lesson-padding", "lesson-stride"]) {
     for (const box of document.querySelectorAll(`input[name="${name}"]`)) {
       box.addEventListener("change", () => update({ keepSelection: true }));
     }
   }
-  L$("lesson-stack-choices").addEventListener("change", () => update({ keepSelection: true }));
+  $("lesson-stack-choices").addEventListener("change", () => update({ keepSelection: true }));
   for (const key of Object.keys(TEXTBOOK)) {
-    L$(`lesson-load-${key}`).addEventListener("click", () => loadTextbook(key));
+    $(`lesson-load-${key}`).addEventListener("click", () => loadTextbook(key));
   }
-  const out = L$("lesson-out");
-  const pooled = L$("lesson-pool-out");
+  const out = $("lesson-out");
+  const pooled = $("lesson-pool-out");
   for (const type of ["pointermove", "pointerdown"]) {
     out.addEventListener(type, (event) => pointAt(event, out, "sel"));
     pooled.addEventListener(type, (event) => pointAt(event, pooled, "poolSel"));
   }
   out.addEventListener("keydown", (event) => moveSelection(event, "sel", () => lesson.result.g.nOut));
   pooled.addEventListener("keydown", (event) => moveSelection(event, "poolSel", () => lesson.result.pool.n));
-
-  // The person's image, each time section 2 and 3 draw a new answer (app.js).
-  document.addEventListener("explained", (event) => {
-    const result = event.detail;
-    lesson.explained = result;
-    addLearnedChoices(result.filters);
-    const gray = L$("lesson-input").querySelector('option[value="gray"]');
-    const colour = L$("lesson-input").querySelector('option[value="colour"]');
-    gray.disabled = false;
-    gray.textContent = "your image: the 28×28 the model saw";
-    colour.disabled = !result.colour;
-    colour.textContent = result.colour
-      ? "your image in colour: 28×28×3 (R, G, B)"
-      : "your image in colour (upload a colour image)";
-    if (L$("lesson-input").value in TEXTBOOK) {
-      // From a textbook example to the person's image: start from the classic first example.
-      L$("lesson-kernel").value = "sobel-top";
-      document.querySelector('input[name="lesson-padding"][value="same"]').checked = true;
-      document.querySelector('input[name="lesson-stride"][value="1"]').checked = true;
-    }
-    L$("lesson-input").value = "gray";
-    syncControls();
-    update();
-    loadSection3(result.layers[0]);
-  });
-  loadTextbook("strided"); // something to work before any image is put in
 }
 
-wire();
+// --- what app.js calls --------------------------------------------------------------------------
+
+// Once, when the page loads: the controls, and a textbook example to work before any image.
+export function startLesson() {
+  wire();
+  loadTextbook("strided");
+}
+
+// The person's image, each time sections 2 and 3 draw a new /explain answer.
+export function workOnImage(result) {
+  lesson.explained = result;
+  addLearnedChoices(result.filters);
+  const gray = $("lesson-input").querySelector('option[value="gray"]');
+  const colour = $("lesson-input").querySelector('option[value="colour"]');
+  gray.disabled = false;
+  gray.textContent = "your image: the 28×28 the model saw";
+  colour.disabled = !result.colour;
+  colour.textContent = result.colour
+    ? "your image in colour: 28×28×3 (R, G, B)"
+    : "your image in colour (upload a colour image)";
+  if ($("lesson-input").value in TEXTBOOK) {
+    // From a textbook example to the person's image: start from the classic first example.
+    $("lesson-kernel").value = "sobel-top";
+    document.querySelector('input[name="lesson-padding"][value="same"]').checked = true;
+    document.querySelector('input[name="lesson-stride"][value="1"]').checked = true;
+  }
+  $("lesson-input").value = "gray";
+  syncControls();
+  update();
+  loadMapPicture(result.layers[0]);
+}

@@ -1,0 +1,80 @@
+"""Load shedding: how many prediction requests a worker takes on at once (docs/serving.md,
+"Under overload").
+
+A worker admits a request while it holds fewer than its current limit, and while the bodies it
+holds stay within serve.max_in_flight_mb (counted at their declared size before they are read).
+The limit follows the worker's own pace (Little's law: requests in progress = answers per second
+x time each spends in the worker): about serve.queue_target_s of its work, measured over its last
+COMPLETIONS answers, kept between serve.min_in_flight and serve.max_in_flight. So on any machine
+and for any mix of requests an admitted request waits about queue_target_s at most, and the rest
+are answered 503 at once, with Retry-After, instead of all of them waiting in a queue until the
+timeout while the CPU works on requests nobody waits for any more.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from service.inputs import Busy
+
+COMPLETIONS = 64  # answers the pace is measured over
+
+
+class Admission:
+    """One worker's requests and body bytes in progress, and its limit; only the event loop
+    calls it (no locks)."""
+
+    def __init__(
+        self, min_requests: int, max_requests: int, max_bytes: int, target_seconds: float
+    ) -> None:
+        self.min_requests = min_requests
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self.target = target_seconds
+        self.requests = 0
+        self.bytes = 0
+        self.completed: deque[float] = deque(maxlen=COMPLETIONS)
+
+    def pace(self) -> float | None:
+        """Answers per second over the last COMPLETIONS (None until there are enough)."""
+        if len(self.completed) < 8 or self.completed[-1] <= self.completed[0]:
+            return None
+        return (len(self.completed) - 1) / (self.completed[-1] - self.completed[0])
+
+    def limit(self) -> int:
+        """Requests in progress admitted now: queue_target_s of work at the measured pace."""
+        pace = self.pace()
+        if pace is None:
+            return self.max_requests
+        return max(self.min_requests, min(self.max_requests, math.ceil(self.target * pace)))
+
+    def refuse(self, body_bytes: int) -> Busy | None:
+        """Admit a request with `body_bytes` (None), or say why not (a 503 to answer)."""
+        if self.requests >= (limit := self.limit()):
+            return Busy(
+                "in_flight",
+                f"{self.requests} requests in progress in this worker, its limit now (about "
+                f"{self.target:g} s of its work: serve.queue_target_s; at most serve.max_in_flight "
+                f"= {self.max_requests})"
+                if limit < self.max_requests
+                else f"{self.requests} requests in progress in this worker (serve.max_in_flight)",
+            )
+        if self.bytes + body_bytes > self.max_bytes and self.requests:
+            # One request alone is always admitted: its body fits serve.max_upload_bytes.
+            return Busy(
+                "body_bytes",
+                f"{self.bytes / 1e6:.1f} MB of uploads in progress in this worker "
+                "(serve.max_in_flight_mb)",
+            )
+        self.requests += 1
+        self.bytes += body_bytes
+        return None
+
+    def release(self, body_bytes: int, answered_at: float | None) -> None:
+        """A request admitted with `body_bytes` is done: answered at that (monotonic) time, or
+        None when it ended unanswered (its client left)."""
+        self.requests -= 1
+        self.bytes -= body_bytes
+        if answered_at is not None:
+            self.completed.append(answered_at)
