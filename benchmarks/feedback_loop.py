@@ -44,6 +44,7 @@ from harness.models import bento_model
 from harness.photos import photograph
 from harness.results import RESULTS_DIR, Measurement, feedback_rows
 from harness.servers import free_port, start_server, stop
+from pipeline.core import paths
 from pipeline.shared.dataset import read_idx
 
 log = logging.getLogger("feedback_loop")
@@ -176,10 +177,10 @@ def loop(base: Path, n: int, init: str, repeat: int, data: dict, root: Path) -> 
     began = time.monotonic()
     run([*python, "dvc", "repro"], ws, env)
     seconds = time.monotonic() - began
-    decision = json.loads((ws / "reports" / "register" / "champion.json").read_text())
+    decision = json.loads((ws / paths.CHAMPION).read_text())
     with Served(ws, env) as served:
         after = measure(served, data["held"], data["y_held"], data["x_orig"], data["y_orig"])
-    curated = json.loads((ws / "reports" / "feedback" / "report.json").read_text())
+    curated = json.loads((ws / paths.FEEDBACK_REPORTS / "report.json").read_text())
     shutil.rmtree(ws / ".dvc" / "cache", ignore_errors=True)
     return {
         "corrections": n,
@@ -205,8 +206,8 @@ def main() -> None:
     args = parser.parse_args()
     measurement = Measurement("feedback")
     base = args.workspace.resolve()
-    x = read_idx(base / "data" / "raw" / "t10k-images-idx3-ubyte")
-    y = read_idx(base / "data" / "raw" / "t10k-labels-idx1-ubyte")
+    x = read_idx(base / paths.RAW / "t10k-images-idx3-ubyte")
+    y = read_idx(base / paths.RAW / "t10k-labels-idx1-ubyte")
     rng = np.random.default_rng(0)
     photos = [photograph(item, rng) for item in x[: HELD_OUT.stop]]
     data = {

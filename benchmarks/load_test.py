@@ -28,6 +28,7 @@ from harness.load_mix import LoadTest, load_test
 from harness.models import bento_model
 from harness.results import RESULTS_DIR, Measurement
 from harness.servers import free_port, start_server, stop
+from pipeline.core import paths
 from pipeline.core.params import load_params
 from service import settings
 
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--bad-fraction", type=float, default=0.10)
-    parser.add_argument("--data", type=Path, default=Path("data/prepared/test.npz"))
+    parser.add_argument("--data", type=Path, default=paths.TEST_SPLIT)
     parser.add_argument("--model", help="BentoML tag the server serves (default: the service's)")
     parser.add_argument(
         "--results",

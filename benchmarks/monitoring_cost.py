@@ -27,10 +27,11 @@ import yaml
 
 from harness.load import Request, Summary, closed_loop
 from harness.load_mix import predict_request, sample_images
-from harness.machine import cpu_model
 from harness.models import bento_model
 from harness.results import RESULTS_DIR, Measurement
 from harness.servers import free_port, start_server, stop
+from pipeline.core import paths
+from pipeline.shared.machine import cpu_model
 from pipeline.shared.tracking import tracking_uri
 from service import settings
 
@@ -83,7 +84,7 @@ def main() -> None:
     parser.add_argument(
         "--data",
         type=Path,
-        default=ROOT / "data" / "prepared" / "test.npz",
+        default=ROOT / paths.TEST_SPLIT,
         help="test images to send (random pixels if missing)",
     )
     parser.add_argument(

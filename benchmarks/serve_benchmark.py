@@ -43,11 +43,12 @@ import yaml
 
 from harness.load import Request, Summary, closed_loop
 from harness.load_mix import classify_request, predict_request, sample_images
-from harness.machine import cpu_model, cpus
 from harness.models import bento_model
 from harness.results import RESULTS_DIR, Measurement, runtime_rows, server_rows
 from harness.runtimes import BATCHES, ceilings, runtimes
 from harness.servers import free_port, start_server, stop
+from pipeline.core import paths
+from pipeline.shared.machine import cpu_model, cpus
 from service import settings
 from service.schemas import Image28, Images, ModelRef, Prediction, Predictions
 from service.schemas import predictions as to_predictions
@@ -101,7 +102,7 @@ def main() -> None:
     parser.add_argument(
         "--data",
         type=Path,
-        default=ROOT / "data" / "prepared" / "test.npz",
+        default=ROOT / paths.TEST_SPLIT,
         help="test images to send (random pixels if missing)",
     )
     parser.add_argument(

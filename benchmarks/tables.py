@@ -21,7 +21,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.machine import KEY_EXTENSIONS
 from harness.results import (
     RESULTS_DIR,
     feedback_rows,
@@ -32,6 +31,7 @@ from harness.results import (
     server_rows,
     upload_memory_rows,
 )
+from pipeline.shared.machine import KEY_EXTENSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from harness.machine import cpu_model, cpus
 from harness.results import RESULTS_DIR, Measurement, architecture, model_entry
+from pipeline.core import paths
 from pipeline.core.fashion_mnist import IMAGE_SIZE, NUM_CLASSES
 from pipeline.core.inference import file_sha256
 from pipeline.core.params import (
@@ -41,6 +41,7 @@ from pipeline.core.params import (
 from pipeline.reporting.flops import forward_flops
 from pipeline.shared.dataset import load_split
 from pipeline.shared.keras_runtime import Classifier
+from pipeline.shared.machine import cpu_model, cpus
 from pipeline.training.fit import fit_model
 
 
@@ -111,7 +112,7 @@ def accuracies(model, split) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("data/prepared"))
+    parser.add_argument("--data", type=Path, default=paths.PREPARED)
     parser.add_argument("--only", choices=["default", "reference"])
     parser.add_argument("--epochs", type=int, help="override epochs (quick check, not a benchmark)")
     parser.add_argument(
@@ -134,7 +135,9 @@ def main() -> None:
         params = with_overrides(yaml.safe_load(Path("params.yaml").read_text()), args.set)
     except ParamsError as err:
         raise SystemExit(f"train_benchmark: {err}") from None
-    train, val, test = (load_split(args.data / f"{s}.npz") for s in ("train", "val", "test"))
+    train, val, test = (
+        load_split(args.data / paths.SPLIT_FILES[s]) for s in ("train", "val", "test")
+    )
     candidates = {args.name: (params.model, params.train), "reference": reference(params.train)}
     results, models = [], []
     for name, (model_params, train_params) in candidates.items():
@@ -198,7 +201,7 @@ def main() -> None:
     figures = {
         "train_samples": len(train),
         "data": str(args.data),
-        "train_data_sha256": file_sha256(args.data / "train.npz"),
+        "train_data_sha256": file_sha256(args.data / paths.SPLIT_FILES["train"]),
         "results": results,
     }
     out = measurement.record(models, figures, args.results)

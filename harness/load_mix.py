@@ -19,10 +19,11 @@ import psutil
 from PIL import Image
 
 from harness.load import Request, Summary, closed_loop
+from pipeline.core import paths
 from pipeline.core.params import ServeParams
 
 
-def sample_images(n: int, path: Path = Path("data/prepared/test.npz")) -> np.ndarray:
+def sample_images(n: int, path: Path = paths.TEST_SPLIT) -> np.ndarray:
     """The first n test images (random pixels when the prepared data is not there)."""
     if path.exists():
         with np.load(path) as data:

@@ -3,10 +3,13 @@ words (tag, MLflow version, architecture, training data and epochs)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from harness.results import architecture, model_entry
 from pipeline.core.inference import file_sha256
+
+log = logging.getLogger(__name__)
 
 
 def training_summary(run_params: dict[str, str]) -> str:
@@ -41,7 +44,7 @@ def bento_model(tag: str, tracking_uri: str | None = None) -> dict:
 
             run_params = MlflowClient(tracking_uri).get_run(run_id).data.params
         except Exception as err:  # MLflow out of reach: the labels still identify the model
-            print(f"model description without MLflow run params: {err}")
+            log.warning("model description without MLflow run params: %s", err)
     words = [str(model.tag)]
     if labels.get("mlflow_model_version"):
         words.append(

@@ -21,9 +21,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.machine import describe, load_average
 from pipeline.core.inference import file_sha256
 from pipeline.core.params import flatten
+from pipeline.shared.machine import describe, load_average
 
 FORMAT = 1
 SECTIONS = ("train", "serve", "monitoring", "load", "overload", "feedback", "deploy")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core import paths
 from pipeline.core.params import ParamsError, load_params
 from pipeline.core.prediction_log import format_time, parse_time
 from pipeline.core.prediction_log import read_records as read_prediction_records
@@ -35,8 +36,9 @@ from pipeline.monitor.page import render_html
 from pipeline.monitor.report import Sources, build_report
 from pipeline.monitor.statistics import Outputs
 from pipeline.shared.dataset import load_split, write_atomically
+from pipeline.shared.logs import configure_logging
 
-log = logging.getLogger("drift")
+log = logging.getLogger("pipeline.drift")
 
 
 class ModelNotInStore(LookupError):
@@ -79,7 +81,7 @@ def served_model_outputs(tag: str, images: np.ndarray) -> Outputs:
 
 def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", type=Path, default=paths.PARAMS)
     parser.add_argument(
         "--records",
         type=Path,
@@ -92,21 +94,19 @@ def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
         "(default: monitor.window_hours ago)",
     )
     parser.add_argument("--until", help="window end (default: now)")
-    parser.add_argument("--data", type=Path, default=Path("data/prepared"))
+    parser.add_argument("--data", type=Path, default=paths.PREPARED)
     parser.add_argument(
         "--model",
         help="BentoML model tag whose answers are compared "
         "(default: the one that served most records in the window)",
     )
-    parser.add_argument("--out", type=Path, default=Path("reports/monitor"))
+    parser.add_argument("--out", type=Path, default=paths.MONITOR_REPORTS)
     parser.add_argument("--fail-on-drift", action="store_true", help="exit 1 when drifted")
     return parser, parser.parse_args()
 
 
 def main() -> None:
-    # Our diagnostics at INFO; the libraries' (BentoML, matplotlib) only when they warn.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    log.setLevel(logging.INFO)
+    configure_logging()  # ours at INFO; the libraries' (BentoML, matplotlib) only when they warn
     parser, args = parse_args()
     try:
         params = load_params(args.params)
@@ -132,15 +132,16 @@ def main() -> None:
         records_dir,
         unreadable,
     )
-    train = load_split(args.data / "train.npz")
-    val = load_split(args.data / "val.npz")
+    train_file = args.data / paths.SPLIT_FILES["train"]
+    val_file = args.data / paths.SPLIT_FILES["val"]
+    train, val = load_split(train_file), load_split(val_file)
     sources = Sources(
         since=format_time(since.timestamp()),
         until=format_time(until.timestamp()),
         records_dir=str(records_dir),
         unreadable_lines=unreadable,
-        reference_inputs=f"{args.data / 'train.npz'} ({len(train)} images)",
-        reference_outputs=f"the served model's answers on {args.data / 'val.npz'} ({len(val)} images)",
+        reference_inputs=f"{train_file} ({len(train)} images)",
+        reference_outputs=f"the served model's answers on {val_file} ({len(val)} images)",
     )
     try:
         report = build_report(

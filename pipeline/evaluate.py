@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
 
+from pipeline.core import paths
 from pipeline.core.architecture import layer_table
 from pipeline.core.fashion_mnist import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
 from pipeline.core.inference import CHUNK, file_sha256
@@ -204,16 +205,14 @@ def check_model_file(model_file: Path, run: mlflow.entities.Run) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=paths.PARAMS)
+    parser.add_argument("--model", type=Path, default=paths.MODEL)
+    parser.add_argument("--data", type=Path, default=paths.PREPARED, help="prepared .npz splits")
     parser.add_argument(
-        "--data", type=Path, required=True, help="directory of prepared .npz splits"
+        "--sources", type=Path, default=paths.SOURCES, help="fetch's sources.json (provenance)"
     )
-    parser.add_argument(
-        "--sources", type=Path, required=True, help="fetch's sources.json (data provenance)"
-    )
-    parser.add_argument("--run", type=Path, required=True, help="JSON with the training run id")
-    parser.add_argument("--out", type=Path, required=True, help="reports directory")
+    parser.add_argument("--run", type=Path, default=paths.TRAIN_RUN, help="train's run.json")
+    parser.add_argument("--out", type=Path, default=paths.EVAL_REPORTS, help="reports directory")
     args = parser.parse_args()
     params = load_params(args.params)
     run_id = json.loads(args.run.read_text())["mlflow_run_id"]
@@ -223,15 +222,15 @@ def main() -> None:
             check_model_file(args.model, mlflow.MlflowClient().get_run(run_id))
     except (ModelMismatch, TrackingUnavailable) as err:
         sys.exit(f"evaluate failed: {err}")
-    test = load_split(args.data / "test.npz")
-    feedback = load_arrays(args.data / "feedback.npz")
+    test = load_split(args.data / paths.SPLIT_FILES["test"])
+    feedback = load_arrays(args.data / paths.FEEDBACK_SLICE)
     feedback_split = Split(feedback["x"], feedback["y"].astype(np.int64))
     result = write_reports(
         Classifier.from_file(args.model), params.model, test, args.out, feedback_split
     )
     with mlflow.start_run(run_id=run_id):
         log_split(test, "test", "test", json.loads(args.sources.read_text()))
-        log_feedback_input(feedback_split, feedback, args.data / "feedback.npz")
+        log_feedback_input(feedback_split, feedback, args.data / paths.FEEDBACK_SLICE)
         # MLflow metrics are numbers: an empty slice's accuracy (None) is left out.
         mlflow.log_metrics({k: float(v) for k, v in result.metrics.items() if v is not None})
         mlflow.log_artifacts(str(args.out), artifact_path="evaluation")

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core import paths
 from pipeline.core.fashion_mnist import RAW_FILES
 from pipeline.core.feedback_log import SUBDIR, Correction, iter_shard_files, parse_line
 from pipeline.core.params import ParamsError, load_params
@@ -53,11 +54,11 @@ from pipeline.shared.dataset import (
     save_corrections,
     write_atomically,
 )
+from pipeline.shared.logs import configure_logging
 
-log = logging.getLogger("feedback")
+log = logging.getLogger("pipeline.feedback")
 
 SHARDS = "shards"  # the archive, under the output directory
-CORRECTIONS = "corrections.npz"
 
 
 def records_dir(override: Path | None, configured: str | None) -> Path:
@@ -102,8 +103,11 @@ def curate_command(args: argparse.Namespace) -> None:
     copied, differing = archive_shards(source, archive)
     log.info("feedback: %d new shard(s) archived from %s", len(copied), source)
     for name in differing:
-        log.warning("feedback: %s in %s differs from its archived copy; kept the archived one",
-                    name, source)  # fmt: skip
+        log.warning(
+            "feedback: %s in %s differs from its archived copy; kept the archived one",
+            name,
+            source,
+        )
     shard_paths = list(iter_shard_files(archive))
     items, bad = [], []
     shards: list[str] = []
@@ -127,7 +131,7 @@ def curate_command(args: argparse.Namespace) -> None:
             [str(im.source) if im.source is not None else "" for im in images],
             [im.time.isoformat(timespec="milliseconds").replace("+00:00", "Z") for im in images],
         ),
-        args.out / CORRECTIONS,
+        args.out / paths.CORRECTIONS_FILE,
     )
     report = summary(curated, len(bad), len(shard_paths), params.feedback)
     held = waiting(curated)
@@ -210,15 +214,15 @@ def show_command(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", type=Path, default=paths.PARAMS)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("curate", help="the DVC stage: archive new shards, curate, report")
-    run.add_argument("--raw", type=Path, required=True, help="fetch's data/raw (the test images)")
-    run.add_argument("--review", type=Path, required=True, help="feedback/review.csv")
-    run.add_argument("--out", type=Path, required=True, help="data/feedback")
-    run.add_argument("--reports", type=Path, required=True, help="reports/feedback")
+    run.add_argument("--raw", type=Path, default=paths.RAW, help="fetch's IDX files (test images)")
+    run.add_argument("--review", type=Path, default=paths.REVIEW, help="the review decisions")
+    run.add_argument("--out", type=Path, default=paths.FEEDBACK, help="archive, corrections.npz")
+    run.add_argument("--reports", type=Path, default=paths.FEEDBACK_REPORTS)
     run.add_argument(
         "--records", type=Path, help="the records directory (default: as make monitor)"
     )
@@ -230,11 +234,11 @@ def main() -> None:
     )
     review.add_argument("--label", help="with --accept: the right class (0-9 or its name)")
     review.add_argument("--note", default="", help="why (kept in review.csv)")
-    review.add_argument("--review", type=Path, default=Path("feedback/review.csv"))
-    review.add_argument("--pending", type=Path, default=Path("reports/feedback/pending.csv"))
-    review.add_argument("--archive", type=Path, default=Path("data/feedback") / SHARDS)
+    review.add_argument("--review", type=Path, default=paths.REVIEW)
+    review.add_argument("--pending", type=Path, default=paths.PENDING)
+    review.add_argument("--archive", type=Path, default=paths.FEEDBACK / SHARDS)
     show = commands.add_parser("show", help="print the last report")
-    show.add_argument("--reports", type=Path, default=Path("reports/feedback"))
+    show.add_argument("--reports", type=Path, default=paths.FEEDBACK_REPORTS)
     args = parser.parse_args()
     try:
         {"curate": curate_command, "review": review_command, "show": show_command}[args.command](

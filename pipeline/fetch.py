@@ -39,13 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from pipeline.core import paths
 from pipeline.core.fashion_mnist import IMAGE_SIZE, MIRRORS, SHA256
 from pipeline.core.params import FetchParams, load_params
 from pipeline.shared.progress import Progress, duration
 
 _CHUNK = 1 << 16
 _GZIP_MAGIC = b"\x1f\x8b"
-SOURCES_FILE = "sources.json"
+SOURCES_FILE = paths.SOURCES_FILE  # beside the IDX files: where each came from
 HIDDEN = "***"  # what a mirror's credentials are shown as
 # Each file's decompressed size in bytes: the IDX header (16 bytes for images, 8 for labels), then
 # one byte per pixel or label. A dataset fact, but kept here rather than in fashion_mnist.py:
@@ -397,8 +398,8 @@ def fetch_dataset(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", type=Path, required=True, help="directory for the IDX files")
+    parser.add_argument("--params", type=Path, default=paths.PARAMS)
+    parser.add_argument("--out", type=Path, default=paths.RAW, help="directory for the IDX files")
     args = parser.parse_args()
     params = load_params(args.params)
     try:

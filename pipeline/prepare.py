@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from pipeline.core import paths
 from pipeline.core.fashion_mnist import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
 from pipeline.core.params import PrepareFeedbackParams, PrepareParams, load_params
 from pipeline.shared.dataset import (
@@ -37,8 +38,6 @@ from pipeline.shared.dataset import (
     save_arrays,
     save_split,
 )
-
-FEEDBACK_SLICE = "feedback.npz"  # under the prepared directory
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -98,7 +97,6 @@ def mix_feedback(
         "train_rows": len(used) * params.repeat,
         "left_out_in_val": int(in_val.sum()),
         "same_as_a_training_image": count_shared(train.x, used.x),
-        "digest": content_hash(corrections.split),
     }
     if len(used):
         train = Split(
@@ -171,19 +169,19 @@ def data_report(splits: dict[str, Split]) -> tuple[dict, pd.DataFrame]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--raw", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="directory for the .npz splits")
+    parser.add_argument("--params", type=Path, default=paths.PARAMS)
+    parser.add_argument("--raw", type=Path, default=paths.RAW)
+    parser.add_argument("--out", type=Path, default=paths.PREPARED, help="the .npz splits' folder")
     parser.add_argument(
         "--report",
         type=Path,
-        required=True,
+        default=paths.DATA_REPORT,
         help="data report JSON; CSV beside it, and feedback.json (where the feedback went)",
     )
     parser.add_argument(
         "--feedback",
         type=Path,
-        required=True,
+        default=paths.CORRECTIONS,
         help="the accepted corrections (the feedback stage's corrections.npz)",
     )
     args = parser.parse_args()
@@ -192,8 +190,9 @@ def main() -> None:
         splits = split_dataset(
             load_raw_split(args.raw, "train"), load_raw_split(args.raw, "test"), params.prepare
         )
+        corrections = load_corrections(args.feedback)
         train, held_out, mixed = mix_feedback(
-            splits["train"], splits["val"], load_corrections(args.feedback), params.prepare.feedback
+            splits["train"], splits["val"], corrections, params.prepare.feedback
         )
         splits["train"] = train
         check_splits(splits)
@@ -201,16 +200,17 @@ def main() -> None:
         sys.exit(f"prepare failed: {err}")
     report, counts = data_report(splits)
     for name, s in splits.items():
-        save_split(s, args.out / f"{name}.npz")
+        save_split(s, args.out / paths.SPLIT_FILES[name])
     save_arrays(
-        args.out / FEEDBACK_SLICE,
+        args.out / paths.FEEDBACK_SLICE,
         {
             "x": held_out.x,
             "y": held_out.y,
             "sha256": held_out.sha256,
             # Which feedback dataset the slice was cut from, and how much of it went into train:
             # `evaluate` logs both with the slice as the run's feedback input in MLflow.
-            "dataset_digest": np.array(mixed["digest"]),
+            # (Not in feedback.json: a digest there would be a column of `dvc exp show`.)
+            "dataset_digest": np.array(content_hash(corrections.split)),
             "train_images": np.array(mixed["train_images"]),
         },
     )

@@ -41,6 +41,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from pipeline.core import paths
 from pipeline.core.params import Params, load_params
 from pipeline.promotion.bento_store import served_files, sync_bentoml_store
 from pipeline.promotion.record import (
@@ -64,6 +65,7 @@ from pipeline.promotion.registry import (
 )
 from pipeline.promotion.steps import reached
 from pipeline.shared.dataset import write_atomically
+from pipeline.shared.logs import configure_logging
 from pipeline.shared.tracking import (
     ModelFileError,
     TrackingUnavailable,
@@ -124,6 +126,7 @@ def roll_back(client: MlflowClient, params: Params, to: str | None, reason: str)
         tempfile.TemporaryDirectory(prefix="rollback-") as tmp,
     ):
         for done in repair(client, name, locked=lock is not None):
+            # stdout, beside the result: what this rollback did
             print(f"rollback: settled {name} {done} (its register or rollback was killed)")
         leaving = current_champion(client, name)
         if leaving is None:
@@ -176,11 +179,12 @@ def roll_back(client: MlflowClient, params: Params, to: str | None, reason: str)
 
 
 def main() -> None:
+    configure_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--to", help="the version to restore (default: the one @champion replaced)")
     parser.add_argument("--reason", required=True, help="why: goes into MLflow's tags")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", type=Path, default=Path("reports/register/champion.json"))
+    parser.add_argument("--params", type=Path, default=paths.PARAMS)
+    parser.add_argument("--out", type=Path, default=paths.CHAMPION)
     args = parser.parse_args()
     if not args.reason.strip():
         parser.error("--reason must say why (it is recorded in MLflow)")

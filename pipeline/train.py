@@ -4,8 +4,8 @@ Outputs models/model.keras (byte for byte the model logged to MLflow, whose SHA-
 records), the per-epoch history CSV (a DVC plot), the validation metrics of the kept weights
 (DVC metrics) and run.json with the MLflow run that the evaluate and register stages continue.
 
-The training loop itself is pipeline/training/fit.py; this module runs it under an MLflow run and
-writes the outputs. Progress: steps, rate and ETA within each epoch, one line per epoch
+The training loop itself is pipeline/training/fit.py; this module runs it under an MLflow run, in
+named steps (`_train_as_chief`), and pipeline/training/outputs.py logs and writes the outputs. Progress: steps, rate and ETA within each epoch, one line per epoch
 (pipeline/shared/progress.py). Resumable: SIGTERM/SIGINT marks the MLflow run KILLED and keeps the
 last finished epoch's state; the next run with the same params, data and code continues it, in the
 same MLflow run (pipeline/training/resume.py). With `train.distribution: multi_worker` only the
@@ -20,42 +20,45 @@ import pipeline.training.quiet_tensorflow  # noqa: F401 (first: it filters Tenso
 # isort: split
 
 import argparse
+import contextlib
 import json
+import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import mlflow
-import pandas as pd
 import tensorflow as tf
 from mlflow.entities import RunStatus
-from mlflow.models import infer_signature
 
+from pipeline.core import paths
 from pipeline.core.architecture import layer_table
 from pipeline.core.fashion_mnist import IMAGE_SIZE, NUM_CLASSES
-from pipeline.core.inference import file_sha256
-from pipeline.core.params import Params, flatten, load_params
+from pipeline.core.params import ModelParams, Params, TrainParams, load_params
 from pipeline.reporting.flops import format_table, forward_flops
-from pipeline.shared.dataset import Split, content_hash, load_split, write_atomically
+from pipeline.shared.dataset import Split, content_hash, load_split
+from pipeline.shared.logs import configure_logging
+from pipeline.shared.machine import trained_on
 from pipeline.shared.tracking import (
     TrackingUnavailable,
-    download_keras_file,
     lineage_tags,
-    log_split,
     project_root,
     tracking_access,
     use_experiment,
 )
 from pipeline.training.fine_tune import FineTuneError, Start, champion_start, schedule
-from pipeline.training.fit import best_epoch_metrics, distribution_strategy, fit_model
-from pipeline.training.multi_worker import (
-    is_chief,
-    wait_for_each_other,
-    worker_name,
+from pipeline.training.fit import distribution_strategy, fit_model
+from pipeline.training.multi_worker import is_chief, wait_for_each_other, worker_name
+from pipeline.training.outputs import (
+    Fitted,
+    TrainOutputs,
+    log_and_write,
+    log_inputs,
+    log_saved_epochs,
 )
 from pipeline.training.resume import (
     STATE_DIR,
@@ -69,35 +72,27 @@ from pipeline.training.resume import (
     state_key,
 )
 
-
-def _write_json(path: Path, record: dict) -> None:
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+log = logging.getLogger("pipeline.train")
 
 
-def _train_as_worker(
-    params: Params, train: Split, val: Split, strategy: tf.distribute.Strategy, state: TrainState
-) -> None:
-    """A worker other than the chief: trains in step with it from the same saved state (the
-    chief's, read only), logs nothing, and saves its state and model to a temporary directory."""
-    with tempfile.TemporaryDirectory(prefix="train-worker-") as tmp:
-        resume = Resume(TrainState(Path(tmp) / "state"), state.latest())
-        model, history = fit_model(
-            params.model, params.train, train, val, strategy=strategy, resume=resume
-        )
-        model.save(Path(tmp) / "model.keras")  # what the chief does; the file is thrown away
-    wait_for_each_other(strategy)  # the chief, once it has logged and written the outputs
-    print(
-        f"{worker_name(strategy)}: trained {len(history)} epochs; the chief logs the run and "
-        "writes the outputs"
-    )
+@dataclass(frozen=True)
+class Training:
+    """One training, as the chief and every other worker run it."""
+
+    params: Params
+    schedule: TrainParams  # train's values, or fine_tune's epochs and learning rate
+    train: Split
+    val: Split
+    strategy: tf.distribute.Strategy
+    key: str  # names the saved state: params, data and code (resume.py's state_key)
+    start: Start | None  # the champion a fine-tuning starts from; None: from scratch
 
 
-def run(params: Params, data_dir: Path, sources: Path, out: dict[str, Path]) -> str | None:
+def run(params: Params, data_dir: Path, sources: Path, out: TrainOutputs) -> str | None:
     """Train under an MLflow run and write the stage's outputs; returns the run id.
 
-    `out` names the outputs: model (.keras), history (CSV), metrics and run (JSON). An interrupted
-    run's state (same params, data and code) is resumed. Under multi_worker, workers other than the
-    chief only train, and return None.
+    An interrupted run's state (same params, data and code) is resumed. Under multi_worker,
+    workers other than the chief only train, and return None.
     """
     # Before any other TensorFlow op: MultiWorkerMirroredStrategy must configure the runtime.
     strategy = distribution_strategy(params.train.distribution)
@@ -106,7 +101,8 @@ def run(params: Params, data_dir: Path, sources: Path, out: dict[str, Path]) -> 
     with signals_raise():
         chief = is_chief(strategy)
         experiment_id = use_experiment(params.mlflow.experiment_name) if chief else ""  # fail fast
-        train, val = load_split(data_dir / "train.npz"), load_split(data_dir / "val.npz")
+        train = load_split(data_dir / paths.SPLIT_FILES["train"])
+        val = load_split(data_dir / paths.SPLIT_FILES["val"])
         tracked = params.model_dump(include={"model", "train"})
         start = champion_start(params) if params.train.init == "champion" else None
         if start:  # a state is only valid for the weights it began with
@@ -114,94 +110,130 @@ def run(params: Params, data_dir: Path, sources: Path, out: dict[str, Path]) -> 
         key = state_key(
             tracked | {"experiment": params.mlflow.experiment_name}, content_hash(train, val)
         )
+        job = Training(params, schedule(params.train), train, val, strategy, key, start)
         if not chief:
-            chiefs = TrainState(project_root() / STATE_DIR / key)
-            _train_as_worker(params, train, val, strategy, chiefs)
+            _train_as_worker(job, TrainState(project_root() / STATE_DIR / key))
             return None
-        where = (experiment_id, key, start)
-        return _train_as_chief(params, train, val, sources, out, strategy, where)
+        return _train_as_chief(job, experiment_id, sources, out)
 
 
-def _train_as_chief(
-    params: Params,
-    train: Split,
-    val: Split,
-    sources: Path,
-    out: dict[str, Path],
-    strategy: tf.distribute.Strategy,
-    where: tuple[str, str, Start | None],
-) -> str:
-    """Train under an MLflow run (the interrupted one, when resuming), write the outputs.
-    `where`: the experiment id, the state's key and the champion it starts from (or None)."""
-    experiment_id, key, start = where
-    blocks, dense = params.model.conv_blocks, params.model.dense
-    table = format_table(
+def _train_as_worker(job: Training, chiefs: TrainState) -> None:
+    """A worker other than the chief: trains in step with it from the same saved state (the
+    chief's, read only), logs nothing, and saves its state and model to a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="train-worker-") as tmp:
+        resume = Resume(TrainState(Path(tmp) / "state"), chiefs.latest())
+        model, history = fit_model(
+            job.params.model, job.schedule, job.train, job.val, strategy=job.strategy, resume=resume
+        )
+        model.save(Path(tmp) / "model.keras")  # what the chief does; the file is thrown away
+    wait_for_each_other(job.strategy)  # the chief, once it has logged and written the outputs
+    print(
+        f"{worker_name(job.strategy)}: trained {len(history)} epochs; the chief logs the run and "
+        "writes the outputs"
+    )
+
+
+def _train_as_chief(job: Training, experiment_id: str, sources: Path, out: TrainOutputs) -> str:
+    """Train under an MLflow run (the interrupted one, when resuming), write the outputs."""
+    table = layer_table_text(job.params.model)
+    print(table)
+    if job.start:
+        print(job.start.describe(job.schedule))
+    with _state_directory(job.key) as state:
+        saved = state.latest()
+        continued = continued_run(saved, experiment_id)
+        if saved:
+            print(f"resuming from epoch {saved.epoch} of {job.schedule.epochs}: {state.directory}")
+        with _start_run(job, experiment_id, continued) as active:
+            run_id = active.info.run_id
+            try:
+                _log_start(job, saved, continued, json.loads(sources.read_text()), table)
+                fitted = _fit(job, Resume(state, saved, {"mlflow_run_id": run_id}))
+                # The machine beside the run: train_seconds means nothing without it.
+                ran = {
+                    "mlflow_run_id": run_id,
+                    "mlflow_experiment_id": experiment_id,
+                    "machine": trained_on(),
+                }
+                ran |= {"init": job.start.record()} if job.start else {}
+                mlflow.set_tag("machine", ran["machine"])
+                trained = log_and_write(fitted, job.val, out, ran)
+            except KeyboardInterrupt:  # Interrupted by SIGTERM/SIGINT, or Ctrl-C
+                _mark_interrupted(run_id, state, job.schedule.epochs)
+                raise
+        state.discard()  # finished: the outputs are written
+    wait_for_each_other(job.strategy)  # the other workers wait for this before they exit
+    print(trained.summary())
+    return run_id
+
+
+def layer_table_text(model: ModelParams) -> str:
+    """The layer table with each layer's FLOPs, as train prints it and logs it to the run."""
+    blocks, dense = model.conv_blocks, model.dense
+    return format_table(
         layer_table(IMAGE_SIZE, blocks), forward_flops(IMAGE_SIZE, blocks, dense, NUM_CLASSES)
     )
-    print(table)
-    trained = schedule(params.train)
-    epochs = trained.epochs
-    if start:
-        print(start.describe(trained))
+
+
+@contextlib.contextmanager
+def _state_directory(key: str) -> Iterator[TrainState]:
+    """This training's state: .train-state/<key>/, held while it trains; a temporary one when
+    another training with the same params and data holds that."""
     with (
         claimed_state(project_root(), key) as state,
         tempfile.TemporaryDirectory(prefix="train-") as tmp,
     ):
         if state is None:
-            print(
-                f"another training with these params and data holds {STATE_DIR}/{key}/: "
-                "this one keeps its state in a temporary directory"
+            log.warning(
+                "another training with these params and data holds %s/%s/: this one keeps its "
+                "state in a temporary directory",
+                STATE_DIR,
+                key,
             )
             state = TrainState(Path(tmp) / "state")
-        saved = state.latest()
-        continued = continued_run(saved, experiment_id)
-        if saved:
-            print(f"resuming from epoch {saved.epoch} of {epochs}: {state.directory}")
-        # Under `dvc exp run` the run is named after the experiment: the same name in both UIs.
-        run_name = os.environ.get("DVC_EXP_NAME") or None
-        init_tags = start.tags() if start else {}
-        with mlflow.start_run(
-            run_id=continued,
-            experiment_id=None if continued else experiment_id,
-            run_name=None if continued else run_name,
-            tags=None if continued else lineage_tags(train, val, params.train.seed) | init_tags,
-        ) as active:
-            run_id = active.info.run_id
-            try:
-                if continued:
-                    mlflow.set_tag("resumed_from_epoch", saved.epoch)
-                else:
-                    _log_inputs(params, train, val, json.loads(sources.read_text()), table)
-                if saved and not continued:  # the state's run is gone: this run gets its epochs
-                    _log_saved_epochs(saved)
-                started = time.perf_counter()
-                resume = Resume(state, saved, {"mlflow_run_id": run_id})
-                model, history = fit_model(
-                    params.model, trained, train, val, strategy=strategy, resume=resume,
-                    initial_weights=start.weights if start else None,
-                )  # fmt: skip
-                before = saved.run.get("train_seconds", 0.0) if saved else 0.0
-                train_seconds = before + time.perf_counter() - started
-                metrics = best_epoch_metrics(history) | {
-                    "train_seconds": round(train_seconds, 1),
-                    "param_count": model.count_params(),
-                }
-                metrics |= {k: v for k, v in history.attrs.items() if k.startswith("init_")}
-                mlflow.log_metrics(metrics)
-                model_sha256 = _log_and_write(model, history, val, Path(tmp), out)
-                _write_json(out["metrics"], metrics)
-                ran = {"mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id}
-                _write_json(out["run"], ran | ({"init": start.record()} if start else {}))
-            except KeyboardInterrupt:  # Interrupted by SIGTERM/SIGINT, or Ctrl-C
-                _mark_interrupted(run_id, state, epochs)
-                raise
-        state.discard()  # finished: the outputs are written
-    wait_for_each_other(strategy)  # the other workers wait for this before they exit
-    print(
-        f"MLflow run {run_id}: trained in {train_seconds:.0f} s, best epoch {metrics['best_epoch']} "
-        f"(val accuracy {metrics['best_val_accuracy']:.4f}), model sha256 {model_sha256[:12]}"
+        yield state
+
+
+def _start_run(job: Training, experiment_id: str, continued: str | None) -> mlflow.ActiveRun:
+    """The saved state's MLflow run, continued, or a new one with the lineage tags."""
+    if continued:
+        return mlflow.start_run(run_id=continued)
+    # Under `dvc exp run` the run is named after the experiment: the same name in both UIs.
+    tags = lineage_tags(job.train, job.val, job.params.train.seed)
+    return mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=os.environ.get("DVC_EXP_NAME") or None,
+        tags=tags | (job.start.tags() if job.start else {}),
     )
-    return run_id
+
+
+def _log_start(
+    job: Training, saved: Saved | None, continued: str | None, provenance: dict, table: str
+) -> None:
+    """A continued run notes the epoch it resumes from; a new one logs its inputs, and the epochs
+    of a saved state whose run is gone."""
+    if continued:
+        mlflow.set_tag("resumed_from_epoch", saved.epoch)
+        return
+    log_inputs(job.params, job.train, job.val, provenance, table)
+    if saved:
+        log_saved_epochs(saved)
+
+
+def _fit(job: Training, resume: Resume) -> Fitted:
+    """fit_model from the saved state (if any), timed across resumes."""
+    started = time.perf_counter()
+    model, history = fit_model(
+        job.params.model,
+        job.schedule,
+        job.train,
+        job.val,
+        strategy=job.strategy,
+        resume=resume,
+        initial_weights=job.start.weights if job.start else None,
+    )
+    before = resume.saved.run.get("train_seconds", 0.0) if resume.saved else 0.0
+    return Fitted(model, history, before + time.perf_counter() - started)
 
 
 def _mark_interrupted(run_id: str, state: TrainState, epochs: int) -> None:
@@ -214,74 +246,35 @@ def _mark_interrupted(run_id: str, state: TrainState, epochs: int) -> None:
         if kept
         else "no epoch finished: the next run starts over"
     )
-    print(f"interrupted: MLflow run {run_id} marked KILLED; {where}", flush=True)
-
-
-def _log_inputs(params: Params, train: Split, val: Split, provenance: dict, table: str) -> None:
-    """A new run's params, datasets (with where the files came from) and layer table."""
-    mlflow.log_params(flatten(params.model_dump(include={"prepare", "model", "train"})))
-    mlflow.log_params({"data.train_samples": len(train), "data.val_samples": len(val)})
-    log_split(train, "train", "train", provenance)
-    log_split(val, "validation", "train", provenance)
-    mlflow.log_text(table, "layer_table.txt")
-
-
-def _log_saved_epochs(saved: Saved) -> None:
-    """Resuming a state whose run is gone: this run records where it came from and its epochs."""
-    mlflow.set_tags(
-        {
-            "resumed_from_epoch": saved.epoch,
-            "resumed_from_run_id": saved.run.get("mlflow_run_id", ""),
-        }
-    )
-    for row in saved.history:
-        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-
-
-def _log_and_write(
-    model: keras.Model, history: pd.DataFrame, val: Split, tmp: Path, out: dict[str, Path]
-) -> str:
-    """Log the model and history to the active run, then write the model and history outputs;
-    returns the model file's SHA-256."""
-    sample = val.x[:8]
-    # A direct call, not predict(): under multi_worker, predict() would wait for the other workers.
-    predicted = keras.ops.convert_to_numpy(model(sample, training=False))
-    info = mlflow.keras.log_model(model, name="model", signature=infer_signature(sample, predicted))
-    # The DVC output is the logged file itself, so one SHA-256 names the model everywhere.
-    logged = download_keras_file(info.model_uri, tmp)
-    model_sha256 = file_sha256(logged)
-    mlflow.set_tag("model_sha256", model_sha256)
-    mlflow.log_text(history.to_csv(index=False), "train_history.csv")
-    write_atomically(out["model"], lambda dest: shutil.copyfile(logged, dest))
-    write_atomically(out["history"], lambda dest: history.to_csv(dest, index=False))
-    return model_sha256
+    log.warning("interrupted: MLflow run %s marked KILLED; %s", run_id, where)
 
 
 def main() -> None:
+    configure_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", type=Path, default=paths.PARAMS)
+    parser.add_argument("--data", type=Path, default=paths.PREPARED, help="prepared .npz splits")
     parser.add_argument(
-        "--data", type=Path, required=True, help="directory of prepared .npz splits"
+        "--sources", type=Path, default=paths.SOURCES, help="fetch's sources.json (provenance)"
+    )
+    parser.add_argument("--model", type=Path, default=paths.MODEL, help="output .keras file")
+    parser.add_argument("--history", type=Path, default=paths.HISTORY, help="output per-epoch CSV")
+    parser.add_argument(
+        "--metrics", type=Path, default=paths.TRAIN_METRICS, help="output validation metrics"
     )
     parser.add_argument(
-        "--sources", type=Path, required=True, help="fetch's sources.json (data provenance)"
-    )
-    parser.add_argument("--model", type=Path, required=True, help="output .keras file")
-    parser.add_argument("--history", type=Path, required=True, help="output per-epoch CSV")
-    parser.add_argument("--metrics", type=Path, required=True, help="output validation metrics")
-    parser.add_argument(
-        "--run", type=Path, required=True, help="output JSON with the MLflow run id"
+        "--run", type=Path, default=paths.TRAIN_RUN, help="output JSON with the MLflow run id"
     )
     args = parser.parse_args()
     params = load_params(args.params)
-    out = {"model": args.model, "history": args.history, "metrics": args.metrics, "run": args.run}
+    out = TrainOutputs(args.model, args.history, args.metrics, args.run)
     try:
         with tracking_access():
             run(params, args.data, args.sources, out)
     except (TrackingUnavailable, FineTuneError) as err:
         sys.exit(f"train failed: {err}")
     except Interrupted as err:
-        print(f"train: stopped by {err.name}", file=sys.stderr)
+        log.error("train: stopped by %s", err.name)
         sys.exit(128 + err.signum)  # the shell's convention for "ended by a signal"
 
 

@@ -9,6 +9,8 @@
 #               store mlflow.db (pipeline/shared/tracking.py); its absence is certain, not its presence
 #   no-champion there is none (register --import-only said so): say how to get one
 #   prepared    data/prepared/ holds the splits (`dvc repro prepare` writes them)
+#   records     the service has recorded predictions (FASHION_MNIST_MONITORING_DIR, else
+#               serve.monitoring.records_dir); only a hint: a report of no records is still one
 #   podman      podman is installed (make deploy-check builds and plays the image with it)
 set -euo pipefail
 target=${1:?usage: $0 TARGET CHECK...}
@@ -30,14 +32,29 @@ for check in "$@"; do
       python -c 'import importlib.util as u, sys
 sys.exit(any(u.find_spec(m) is None for m in ("dvc", "mlflow", "bentoml")))' \
         >/dev/null 2>&1 ||
-        stop "no .venv with the project's packages yet: run \`make setup\` first (the first time about 10 minutes, mostly downloads)"
+        stop "no .venv with the project's packages yet: run \`make setup\` first (it downloads every package once; \`make help\` says how long)"
       ;;
     champion) [ -n "${MLFLOW_TRACKING_URI:-}" ] || [ -f mlflow.db ] || no_champion ;;
     no-champion) no_champion ;;
     prepared)
-      [ -f data/prepared/train.npz ] && [ -f data/prepared/val.npz ] && [ -f data/prepared/test.npz ] ||
-        stop "no data/prepared/ yet: run \`dvc repro prepare\` first (fetch and prepare, a minute or two;" \
-          "after \`make setup\` on a fresh clone)"
+      for split in train val test; do
+        [ -f "data/prepared/$split.npz" ] ||
+          stop "no data/prepared/ yet: run \`dvc repro prepare\` first (fetch and prepare: no training;" \
+            "after \`make setup\` on a fresh clone)"
+      done
+      ;;
+    records)
+      python - "$target" <<'PY' >&2 2>/dev/null || true
+import os, sys
+from pathlib import Path
+from pipeline.core.params import load_params
+from pipeline.core.record_files import record_files
+directory = os.environ.get("FASHION_MNIST_MONITORING_DIR") or load_params().serve.monitoring.records_dir
+if directory and not (Path(directory).is_dir() and record_files(Path(directory))):
+    print(f"make {sys.argv[1]}: no prediction records in {directory}/ yet: run `make serve` and "
+          'send it images first (README, "A few-minutes tour"); without them the report says '
+          "insufficient data")
+PY
       ;;
     podman)
       command -v podman >/dev/null ||

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 
 from prometheus_client import Counter, Gauge
@@ -86,10 +85,9 @@ class RequestGuard:
             await busy.response()(scope, receive, send)
             return
         IN_FLIGHT.inc()
-        answered = None
+        answered = False
         try:
-            if await self._checked(scope, receive, send, path, headers):
-                answered = time.monotonic()
+            answered = await self._checked(scope, receive, send, path, headers)
         finally:
             IN_FLIGHT.dec()
             self.admission.release(reserved, answered)

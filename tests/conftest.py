@@ -110,11 +110,10 @@ def start_mlflow(
     """A real `mlflow server` on a free loopback port, artifacts proxied to `artifacts` (default:
     root/artifacts); `extra`: more arguments; `env`: more environment variables."""
     port = free_port()
-    cmd = [
-        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", backend_store_uri,
-        "--artifacts-destination", artifacts or str(root / "artifacts"), "--workers", "1", *extra,
-    ]  # fmt: skip
+    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--backend-store-uri", backend_store_uri]
+    cmd += ["--artifacts-destination", artifacts or str(root / "artifacts")]
+    cmd += ["--workers", "1", *extra]
     url = f"http://127.0.0.1:{port}"
     # MLflow 3's job runner (GenAI jobs, trace rollups) starts ~8 huey consumer processes that
     # take CPU from the suite; this project uses none of it.

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-# The modes each format can store (PT: palette with a transparent entry).
+# The modes each format can store (PT: palette with a transparent entry). PNG's deepest grey is
+# 16-bit (I;16): Pillow writes no 32-bit "I" PNG, and a decoder reads a 16-bit one as "I".
 MODES = {
-    "PNG": ("1", "L", "LA", "P", "PT", "RGB", "RGBA", "I;16", "I"),
+    "PNG": ("1", "L", "LA", "P", "PT", "RGB", "RGBA", "I;16"),
     "JPEG": ("L", "RGB", "CMYK"),
     "WEBP": ("RGB", "RGBA"),
     "BMP": ("1", "L", "P", "RGB"),
@@ -46,7 +47,6 @@ def _frame(mode: str, size: tuple[int, int], seed: int) -> Image.Image:
         "RGB": (200, 30, 30),
         "RGBA": (200, 30, 30, 100),
         "I;16": 50_000,
-        "I": 70_000,
         "CMYK": (0, 200, 200, 0),
     }
     image = Image.new(base, size, colour[base] if seed % 2 else 0)

@@ -207,9 +207,14 @@ def rollback_args(ws: Path, tmp: Path, model: str, *args: str) -> tuple[list[str
 
 
 def register(
-    ws: Path, env: dict, tmp: Path, experiment: str, model: str, data: Path | None = None,
+    ws: Path,
+    env: dict,
+    tmp: Path,
+    experiment: str,
+    model: str,
+    data: Path | None = None,
     *extra: str,
-):  # fmt: skip
+):
     """Run the stage on an experiment of crafted runs: (process, champion.json or None)."""
     return finished(ws, env, *register_args(ws, tmp, experiment, model, data, *extra))
 
@@ -225,16 +230,26 @@ class Stopped:
     waited for until it stops there; then resumed (`finish`) or killed (`kill`)."""
 
     def __init__(
-        self, ws: Path, env: dict, tmp: Path, experiment: str, model: str, step: str,
+        self,
+        ws: Path,
+        env: dict,
+        tmp: Path,
+        experiment: str,
+        model: str,
+        step: str,
         command: tuple[list[str], Path] | None = None,
-    ):  # fmt: skip
+    ):
         cmd, self.out = command or register_args(ws, tmp, experiment, model)
         self.log = tmp / f"register-{uuid.uuid4().hex[:6]}.log"
         self.step = step
         self.proc = subprocess.Popen(
-            cmd, cwd=ws, env={**env, "REGISTER_STOP_AT": step},
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            cmd,
+            cwd=ws,
+            env={**env, "REGISTER_STOP_AT": step},
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 600
         while not self.stopped():
             if self.proc.poll() is not None or time.monotonic() > deadline:

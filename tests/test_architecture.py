@@ -136,9 +136,10 @@ def test_test_time_flip_averages_image_and_mirror_and_loads_without_custom_code(
     # A mirror-symmetric image gets exactly the network's own answer.
     symmetric = np.concatenate([images[:, :, :14], images[:, :, :14][:, :, ::-1]], axis=2)
     np.testing.assert_allclose(
-        Classifier(model).predict_proba(symmetric), Classifier(net).predict_proba(symmetric),
+        Classifier(model).predict_proba(symmetric),
+        Classifier(net).predict_proba(symmetric),
         atol=1e-6,
-    )  # fmt: skip
+    )
     assert model.count_params() == net.count_params()  # no weights of its own
     # Saved and loaded in safe mode with no custom objects: what mlflow.pyfunc does.
     model.save(tmp_path / "tta.keras")

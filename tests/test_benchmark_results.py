@@ -47,10 +47,19 @@ def _section(figures: dict) -> dict:
 
 
 FIGURES = {
-    "requests": 10, "concurrency": 2, "requests_per_s": 123.4, "p50_ms": 5.0, "p99_ms": 9.0,
-    "good_not_200": 0, "bad_not_4xx": 0, "server_errors": 0, "bad_fraction": 0.1,
-    "memory_after_warmup_mb": 400.0, "memory_after_run_mb": 404.0, "memory_growth": 0.01,
-}  # fmt: skip
+    "requests": 10,
+    "concurrency": 2,
+    "requests_per_s": 123.4,
+    "p50_ms": 5.0,
+    "p99_ms": 9.0,
+    "good_not_200": 0,
+    "bad_not_4xx": 0,
+    "server_errors": 0,
+    "bad_fraction": 0.1,
+    "memory_after_warmup_mb": 400.0,
+    "memory_after_run_mb": 404.0,
+    "memory_growth": 0.01,
+}
 
 
 def test_a_run_merges_its_section_and_a_hand_edit_of_a_table_is_caught(tmp_path: Path):

@@ -3,10 +3,10 @@ with no pip and no uv (make, git, curl and a python3 that has venv, as on stock 
 Ubuntu with python3-venv); where uv or Python 3.11 cannot be had, one line says what to install.
 And `make serve` on a store without a champion says how to get one.
 
-The bootstrap installs uv from PyPI (the index pip is configured with), as `make setup` does on
-such a machine: the one test of the suite that needs a package index (marker `data`, like the
-downloads of fetch). It syncs a lock of a few packages, not requirements.lock, with the same
-`make setup` recipe (LOCK=...): the sync of the whole lock only takes longer.
+The bootstrap installs uv with pip as `make setup` does on such a machine, here from the wheel
+`make system-test` downloaded (pip without an index: the test needs no network), and syncs a lock of
+a few packages, not requirements.lock, with the same `make setup` recipe (LOCK=...), uv offline
+from its cache: the sync of the whole lock only takes longer.
 """
 
 from __future__ import annotations
@@ -46,10 +46,24 @@ BASICS = (
     "curl",
 )
 # pipeline.core.params, the loader every stage and the service use, imports these.
-SMALL_LOCK = ("pyyaml", "pydantic", "pydantic-core", "annotated-types", "typing-extensions",
-              "typing-inspection")  # fmt: skip
-COPIED = ("Makefile", "scripts", "pyproject.toml", "README.md", "params.yaml", "pipeline",
-          "service", "harness")  # fmt: skip
+SMALL_LOCK = (
+    "pyyaml",
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-extensions",
+    "typing-inspection",
+)
+COPIED = (
+    "Makefile",
+    "scripts",
+    "pyproject.toml",
+    "README.md",
+    "params.yaml",
+    "pipeline",
+    "service",
+    "harness",
+)
 
 
 def python_with_venv() -> str:
@@ -79,14 +93,27 @@ def unreachable_url() -> str:
     return f"http://127.0.0.1:{free_port()}/"
 
 
+def uv_wheels() -> Path:
+    """Where `make system-test` put the uv wheel: pip takes it from there, not from PyPI (tests
+    need no network)."""
+    wheels = REPO / ".tools" / "wheels"
+    if not list(wheels.glob(f"uv-{UV_VERSION}-*.whl")):
+        pytest.fail(f"no uv {UV_VERSION} wheel in {wheels}: run `make system-test` first")
+    return wheels
+
+
 def fresh_env(root: Path, path: str) -> dict[str, str]:
-    """This process's environment (certificates, pip's index) with only `path` on PATH, no
-    virtualenv, and uv's Python downloads and installer pointed at a closed port."""
+    """This process's environment (certificates) with only `path` on PATH, no virtualenv, pip
+    given the uv wheel and no index, uv offline (its cache holds the small lock's packages), and
+    uv's Python downloads and installer pointed at a closed port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "VIRTUAL_ENV", "CONDA"))}
     (root / "uv-pythons").mkdir(exist_ok=True)
     return {
         **env,
         "PATH": path,
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(uv_wheels()),
+        "UV_OFFLINE": "1",
         "UV_PYTHON_INSTALL_DIR": str(root / "uv-pythons"),  # none installed by uv
         "UV_PYTHON_INSTALL_MIRROR": unreachable_url(),
         "UV_INSTALLER_URL": unreachable_url() + "install.sh",
@@ -94,8 +121,14 @@ def fresh_env(root: Path, path: str) -> dict[str, str]:
 
 
 def make(clone: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=clone, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def fresh_clone(root: Path) -> Path:
@@ -136,11 +169,18 @@ def test_setup_gets_uv_from_pypi_and_a_python_3_11_venv_that_imports_the_project
     python = root / "venv" / "bin" / "python"
     # Run outside the clone: the project is imported from the install, not the working directory.
     shown = subprocess.run(
-        [python, "-c", "import sys, pipeline; from pipeline.core.params import load_params; "
-         "print('%d.%d' % sys.version_info[:2]); print(pipeline.__file__); "
-         f"print(len(load_params({str(clone / 'params.yaml')!r}).model.conv_blocks))"],
-        cwd=root, capture_output=True, text=True, env=bootstrapped["env"],
-    )  # fmt: skip
+        [
+            python,
+            "-c",
+            "import sys, pipeline; from pipeline.core.params import load_params; "
+            "print('%d.%d' % sys.version_info[:2]); print(pipeline.__file__); "
+            f"print(len(load_params({str(clone / 'params.yaml')!r}).model.conv_blocks))",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=bootstrapped["env"],
+    )
     assert shown.returncode == 0, shown.stderr
     version, module, blocks = shown.stdout.split()
     assert version == PYTHON_VERSION
@@ -148,8 +188,12 @@ def test_setup_gets_uv_from_pypi_and_a_python_3_11_venv_that_imports_the_project
     params = yaml.safe_load((clone / "params.yaml").read_text())
     assert int(blocks) == len(params["model"]["conv_blocks"])
     # The venv holds what the lock says and the project, nothing else.
-    listed = subprocess.run([uv, "pip", "list", "--format", "json", "--python", python],
-                            capture_output=True, text=True, env=bootstrapped["env"])  # fmt: skip
+    listed = subprocess.run(
+        [uv, "pip", "list", "--format", "json", "--python", python],
+        capture_output=True,
+        text=True,
+        env=bootstrapped["env"],
+    )
     names = {package["name"].lower() for package in json.loads(listed.stdout)}
     assert names == {*SMALL_LOCK, "fashion-mnist-mlops"}, listed.stdout
 

@@ -52,9 +52,16 @@ def env(container: dict) -> dict[str, dict]:
 def test_every_object_is_valid_for_the_kubernetes_api(docs, version):
     kinds = [d["kind"] for d in docs]
     assert sorted(kinds) == sorted(
-        ["Deployment", "Service", "PersistentVolumeClaim", "HorizontalPodAutoscaler",
-         "PodDisruptionBudget", "NetworkPolicy", "Ingress"]
-    )  # fmt: skip
+        [
+            "Deployment",
+            "Service",
+            "PersistentVolumeClaim",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+            "Ingress",
+        ]
+    )
     for doc in docs:
         # strict: a field the API does not know (a typo) is an error, not silently dropped
         kubernetes_validate.validate(doc, version, strict=True)
@@ -194,11 +201,15 @@ def test_workers_follow_the_cpu_request(container):
 def test_probes_ask_bentomls_health_endpoints_on_the_served_port(container, pod_spec):
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == 3000  # where the image's `bentoml serve` listens
-    paths = {name: container[name]["httpGet"] for name in
-             ("startupProbe", "readinessProbe", "livenessProbe")}  # fmt: skip
+    paths = {
+        name: container[name]["httpGet"]
+        for name in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
     assert {k: v["path"] for k, v in paths.items()} == {
-        "startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/livez"
-    }  # fmt: skip
+        "startupProbe": "/readyz",
+        "readinessProbe": "/readyz",
+        "livenessProbe": "/livez",
+    }
     assert {v["port"] for v in paths.values()} == {"http"}
     # requests in flight may run until BentoML's timeout: the pod gets longer to finish them
     assert pod_spec["terminationGracePeriodSeconds"] > load_params().serve.request_timeout_s

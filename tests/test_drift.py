@@ -92,9 +92,12 @@ def toy():
     def images(n: int) -> np.ndarray:
         out = np.zeros((n, 28, 28), np.uint8)
         for image, h, w, v in zip(
-            out, rng.integers(8, 27, n), rng.integers(3, 12, n), rng.integers(120, 256, n),
+            out,
+            rng.integers(8, 27, n),
+            rng.integers(3, 12, n),
+            rng.integers(120, 256, n),
             strict=True,
-        ):  # fmt: skip
+        ):
             image[14 - h // 2 : 14 - h // 2 + h, 14 - w // 2 : 14 - w // 2 + w] = v
         return out
 
@@ -133,8 +136,12 @@ def test_report_verdicts_on_synthetic_windows(toy):
     inverted = report(records_of(255 - images(300), answers(300)))
     assert {"pixel_mean", "bright_fraction"} <= set(inverted.drifted_features)
     noise = report(records_of(rng.integers(0, 256, (300, 28, 28), dtype=np.uint8), answers(300)))
-    assert set(noise.drifted_features) == {"pixel_mean", "pixel_std", "bright_fraction",
-                                           "log2_aspect"}  # fmt: skip
+    assert set(noise.drifted_features) == {
+        "pixel_mean",
+        "pixel_std",
+        "bright_fraction",
+        "log2_aspect",
+    }
     # Inputs as ever, but every answer "Bag": only the class mix moved.
     one_class = report(records_of(images(300), np.full(300, 8)))
     assert one_class.verdict == "drifted" and one_class.drifted_features == ["predicted_class"]
@@ -164,8 +171,14 @@ def test_summary_is_drift_json(toy):
     assert summary["thresholds"] == THRESHOLDS.model_dump()
     assert summary["endpoints"] == {"classify": 120} and summary["classify_inverted_share"] == 0
     assert summary["low_confidence_share"] == {"threshold": 0.5, "reference": 0, "current": 0}
-    assert set(summary["features"]) == {"pixel_mean", "pixel_std", "bright_fraction",
-                                        "log2_aspect", "confidence", "predicted_class"}  # fmt: skip
+    assert set(summary["features"]) == {
+        "pixel_mean",
+        "pixel_std",
+        "bright_fraction",
+        "log2_aspect",
+        "confidence",
+        "predicted_class",
+    }
     assert summary["features"]["pixel_mean"]["test"] == "ks"
     assert summary["what_moved"] == result.what_moved and len(summary["what_moved"]) == 6
     few = report(records_of(images(3), rng.integers(0, 10, 3))).summary()
@@ -175,8 +188,9 @@ def test_summary_is_drift_json(toy):
 def test_page_shows_the_verdict_and_escapes_what_it_shows(toy):
     images, report, _, rng = toy
     tag = 'm:<script>alert("x")</script>'
-    page = render_html(report(records_of(np.rot90(images(300), axes=(1, 2)),
-                                         rng.integers(0, 10, 300), model=tag)))  # fmt: skip
+    page = render_html(
+        report(records_of(np.rot90(images(300), axes=(1, 2)), rng.integers(0, 10, 300), model=tag))
+    )
     assert "<script>" not in page and "m:&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
     assert '<p class="verdict drifted">DRIFTED</p>' in page
     assert page.count('<tr class="drifted">') == 1 and "<td>log2_aspect</td>" in page
@@ -217,10 +231,10 @@ def drift_command(tmp_path: Path, records: list[dict], *extra: str) -> subproces
     for name in ("train", "val"):
         x = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
         save_split(Split(x, np.zeros(40, np.int64)), tmp_path / "data" / f"{name}.npz")
-    cmd = [str(BIN / "python"), "-m", "pipeline.drift", "--params", str(REPO / "params.yaml"),
-           "--records", str(tmp_path / "records"), "--data", str(tmp_path / "data"),
-           "--since", "2027-01-15T00:00", "--until", "2027-01-16T00:00",
-           "--out", str(tmp_path / "out"), *extra]  # fmt: skip
+    cmd = [str(BIN / "python"), "-m", "pipeline.drift", "--params", str(REPO / "params.yaml")]
+    cmd += ["--records", str(tmp_path / "records"), "--data", str(tmp_path / "data")]
+    cmd += ["--since", "2027-01-15T00:00", "--until", "2027-01-16T00:00"]
+    cmd += ["--out", str(tmp_path / "out"), *extra]
     env = base_env(BENTOML_HOME=str(tmp_path / "bentoml"))
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
@@ -235,9 +249,14 @@ def test_command_without_a_verdict_writes_all_three_files(tmp_path):
     assert "5 records in" in proc.stderr and "(unreadable lines: 1)" in proc.stderr
     summary = json.loads((tmp_path / "out" / "drift.json").read_text())
     assert (summary["verdict"], summary["records"], summary["unreadable_lines"]) == (
-        "insufficient data", 5, 1)  # fmt: skip
-    assert summary["window"] == {"since": "2027-01-15T00:00:00.000Z",
-                                 "until": "2027-01-16T00:00:00.000Z"}  # fmt: skip
+        "insufficient data",
+        5,
+        1,
+    )
+    assert summary["window"] == {
+        "since": "2027-01-15T00:00:00.000Z",
+        "until": "2027-01-16T00:00:00.000Z",
+    }
     assert "fashion_drift_detected" not in prometheus_text(tmp_path / "out" / "drift.prom")
     assert "INSUFFICIENT DATA" in (tmp_path / "out" / "drift.html").read_text()
 

@@ -1,6 +1,6 @@
 """Experiments the DVC way, in a temporary clone on a tiny subset, with the default MLflow store.
 
-A committed baseline plus four experiments queued and run two at a time (`dvc queue start -j 2`):
+A committed baseline plus two experiments queued and run at once (`dvc queue start -j 2`):
 every commit and experiment carries its metrics and plot data, `dvc exp show`, `dvc metrics diff`
 and `dvc plots diff` compare them, each experiment is one MLflow run named after it, and the
 best one is promoted with `dvc exp apply` + `dvc repro` without retraining.
@@ -28,8 +28,9 @@ from pipeline.core.params import load_params
 pytestmark = pytest.mark.e2e
 
 DVC = str(BIN / "dvc")
-# Four learning rates, run two at a time: their registers overlap on one local store.
-EXPERIMENTS = {"lr-low": 0.001, "lr-mid": 0.002, "lr-high": 0.004, "lr-top": 0.008}
+# Two learning rates, run at once: their registers overlap on one local store (two are enough for
+# that, and each experiment costs a minute or more of the suite's time on a 2-CPU machine).
+EXPERIMENTS = {"lr-low": 0.001, "lr-high": 0.004}
 KEY_METRICS = ("best_val_accuracy", "best_val_loss", "test_accuracy", "test_macro_f1")
 
 
@@ -81,9 +82,13 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     # then waits for its timeout). A log file is held harmlessly.
     with (ws.parent / "queue-start.log").open("w") as log:
         started = subprocess.run(
-            [DVC, "queue", "start", "-j", "2"], cwd=ws, env=env, stdout=log,
-            stderr=subprocess.STDOUT, timeout=300,
-        )  # fmt: skip
+            [DVC, "queue", "start", "-j", "2"],
+            cwd=ws,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
     assert started.returncode == 0, (ws.parent / "queue-start.log").read_text()
     status = wait_for_queue(ws, env)
     assert status.count("Success") == len(EXPERIMENTS), status

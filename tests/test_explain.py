@@ -110,8 +110,16 @@ def test_layer_activations_can_be_read_back():
     rng = np.random.default_rng(2)
     maps = np.maximum(rng.normal(size=(4, 4, 7)).astype(np.float32), 0)  # after ReLU
     maps[..., 5] = 0  # a channel that did not fire
-    row = {"layer": "conv_0", "output": "act_0", "kind": "conv", "n_in": 4, "f": 3, "p": 1.0,
-           "s": 1, "n_out": 4}  # fmt: skip
+    row = {
+        "layer": "conv_0",
+        "output": "act_0",
+        "kind": "conv",
+        "n_in": 4,
+        "f": 3,
+        "p": 1.0,
+        "s": 1,
+        "n_out": 4,
+    }
     out = layer_activations(row, maps)
     assert out.channels == 7 and out.formula == "floor((4 + 2*1 - 3) / 1) + 1 = 4"
     assert (out.maps.cols, out.maps.rows, out.maps.tile, out.maps.gap) == (4, 2, 4, 1)
@@ -137,23 +145,23 @@ def test_filters_view_keeps_kernel_order_and_sign():
     assert tiles[3][2, 2].tolist() == [144, 178, 214]  # -scale/2: halfway to blue
 
 
+def conv(filters: int, f: int, s: int, padding: str, batch_norm: bool, pool=None) -> dict:
+    """One of params `model.conv_blocks` (pool: {"size", "strides"} or None)."""
+    block = {"filters": filters, "kernel_size": f, "strides": s, "padding": padding}
+    return block | {"batch_norm": batch_norm, "pool": pool}
+
+
 @pytest.mark.model
 @pytest.mark.parametrize(
     "blocks",
     [
         # params.yaml's own shape: same padding, 2x2 pools
-        [{"filters": 4, "kernel_size": 3, "strides": 1, "padding": "same", "batch_norm": True,
-          "pool": {"size": 2, "strides": 2}},
-         {"filters": 6, "kernel_size": 3, "strides": 1, "padding": "same", "batch_norm": True,
-          "pool": None}],
+        [conv(4, 3, 1, "same", True, {"size": 2, "strides": 2}), conv(6, 3, 1, "same", True)],
         # another champion's: a strided 'same' conv (odd total padding, p = 0.5), valid padding,
         # no batch norm, an overlapping 3x3 pool with stride 2
-        [{"filters": 3, "kernel_size": 4, "strides": 2, "padding": "same", "batch_norm": False,
-          "pool": None},
-         {"filters": 5, "kernel_size": 5, "strides": 1, "padding": "valid", "batch_norm": False,
-          "pool": {"size": 3, "strides": 2}}],
+        [conv(3, 4, 2, "same", False), conv(5, 5, 1, "valid", False, {"size": 3, "strides": 2})],
     ],
-)  # fmt: skip
+)
 def test_explained_layers_come_from_the_keras_model(blocks):
     from pipeline.core.params import ModelParams
     from pipeline.promotion.export import explained_layers

@@ -223,8 +223,11 @@ def test_pending_rows_number_the_tiles_of_the_contact_sheet():
     held = waiting(curate(items, set(), {}, REQUIRED))
     rows = pending_rows(held)
     assert [(r["id"], r["tile"], r["status"]) for r in rows] == [
-        ("y", 0, "pending"), ("x", 1, "pending"), ("z", 2, "conflict"), ("z2", 3, "conflict"),
-    ]  # fmt: skip
+        ("y", 0, "pending"),
+        ("x", 1, "pending"),
+        ("z", 2, "conflict"),
+        ("z2", 3, "conflict"),
+    ]
     assert rows[0]["label_class"] == "Coat" and rows[0]["predicted_class"] == "Sandal"
     assert captions(held)[2] == ("#2 T-shirt/top (c)", "model: Trouser")
 
@@ -314,9 +317,12 @@ def test_records_dir_resolves_like_make_monitor(monkeypatch):
 def test_corrections_file_round_trips_and_the_empty_one_is_always_the_same_bytes(tmp_path):
     items = [correction(1, 3), correction(2, 9, source=None)]
     c = corrections_from(
-        [i.pixels for i in items], [i.label for i in items], [i.pixels_sha256 for i in items],
-        ["page", ""], ["2026-12-01T09:00:00.000Z", "2026-12-01T09:01:00.000Z"],
-    )  # fmt: skip
+        [i.pixels for i in items],
+        [i.label for i in items],
+        [i.pixels_sha256 for i in items],
+        ["page", ""],
+        ["2026-12-01T09:00:00.000Z", "2026-12-01T09:01:00.000Z"],
+    )
     save_corrections(c, tmp_path / "c.npz")
     back = load_corrections(tmp_path / "c.npz")
     assert np.array_equal(back.x, c.x) and back.y.tolist() == [3, 9]
@@ -334,6 +340,7 @@ def test_corrections_file_round_trips_and_the_empty_one_is_always_the_same_bytes
 
 def test_feedback_params_name_the_bad_key():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    # fmt: skip on this list: a table, one row per bad key (formatted: four lines each).
     for path, value, message in [
         (("feedback", "review"), "sometimes", "feedback.review: Input should be 'required' or 'auto'"),
         (("feedback", "max_share_per_class"), 0, "feedback.max_share_per_class: Input should be greater than 0"),

@@ -100,8 +100,10 @@ def test_each_curated_dataset_is_a_dvc_version_that_checkout_brings_back(tmp_pat
     assert {e["path"] for e in diff["modified"]} >= {"data/feedback/corrections.npz"}
     metrics = json.loads(run([DVC, "metrics", "diff", "--json"], ws, env).stdout)
     assert metrics["reports/feedback/report.json"]["accepted_images"] == {
-        "old": 6, "new": 10, "diff": 4
-    }  # fmt: skip
+        "old": 6,
+        "new": 10,
+        "diff": 4,
+    }
     assert metrics["reports/feedback/report.json"]["outcomes.accepted"]["new"] == 10
     run([DVC, "repro", "prepare"], ws, env)
     mixed = json.loads(run([DVC, "metrics", "diff", "--json"], ws, env).stdout)
@@ -170,12 +172,10 @@ def test_evaluate_reports_the_feedback_slice_empty_and_scored(
     fresh = client.create_run(experiment, tags={"model_sha256": file_sha256(model)}).info.run_id
     (tmp_path / "run.json").write_text(json.dumps({"mlflow_run_id": fresh}))
     out = tmp_path / "eval"
-    cmd = [
-        str(BIN / "python"), "-m", "pipeline.evaluate", "--params", str(tmp_path / "params.yaml"),
-        "--model", str(model), "--data", str(data),
-        "--sources", str(pipeline_run / "data/raw/sources.json"),
-        "--run", str(tmp_path / "run.json"), "--out", str(out),
-    ]  # fmt: skip
+    cmd = [str(BIN / "python"), "-m", "pipeline.evaluate"]
+    cmd += ["--params", str(tmp_path / "params.yaml"), "--model", str(model), "--data", str(data)]
+    cmd += ["--sources", str(pipeline_run / "data/raw/sources.json")]
+    cmd += ["--run", str(tmp_path / "run.json"), "--out", str(out)]
     run(cmd, pipeline_run, pipeline_env)
     scored = json.loads((out / "metrics.json").read_text())
     predicted = np.loadtxt(out / "predictions.csv", delimiter=",", skiprows=1, usecols=3, dtype=int)

@@ -127,9 +127,16 @@ def test_feedback_stage_end_to_end(ws, env):
     report = json.loads((ws / "reports/feedback/report.json").read_text())
     assert report["shards"] == 3 and report["corrections"] == 11
     assert report["outcomes"] == {
-        "accepted": 0, "duplicate": 0, "pending": 8, "conflict": 2, "rejected": 0,
-        "in_test_split": 1, "capped_source": 0, "capped_class": 0, "unreadable": 1,
-    }  # fmt: skip
+        "accepted": 0,
+        "duplicate": 0,
+        "pending": 8,
+        "conflict": 2,
+        "rejected": 0,
+        "in_test_split": 1,
+        "capped_source": 0,
+        "capped_class": 0,
+        "unreadable": 1,
+    }
     pending = rows(ws / "reports/feedback/pending.csv")
     assert len(pending) == 10 and [r["tile"] for r in pending] == [str(k) for k in range(10)]
     assert {r["status"] for r in pending if r["pixels_sha256"] == pixels_sha256(pics[0])} == {
@@ -155,9 +162,16 @@ def test_feedback_stage_end_to_end(ws, env):
     assert "Running stage 'prepare'" in done.stdout
     report = json.loads((ws / "reports/feedback/report.json").read_text())
     assert report["outcomes"] == {
-        "accepted": 7, "duplicate": 2, "pending": 0, "conflict": 0, "rejected": 1,
-        "in_test_split": 1, "capped_source": 0, "capped_class": 0, "unreadable": 1,
-    }  # fmt: skip
+        "accepted": 7,
+        "duplicate": 2,
+        "pending": 0,
+        "conflict": 0,
+        "rejected": 1,
+        "in_test_split": 1,
+        "capped_source": 0,
+        "capped_class": 0,
+        "unreadable": 1,
+    }
     assert report["accepted_by_source"] == {"page": 7}
     items = {r["id"]: r for r in rows(ws / "reports/feedback/items.csv") if r["id"]}
     assert items[batch2[1].id]["outcome"] == "in_test_split"

@@ -39,12 +39,10 @@ def test_fine_tuning_starts_from_the_champion_and_says_so(
         },
     )
     out = tmp_path / "out"
-    cmd = [
-        sys.executable, "-m", "pipeline.train", "--params", str(tmp_path / "params.yaml"),
-        "--data", "data/prepared", "--sources", "data/raw/sources.json",
-        "--model", str(out / "model.keras"), "--history", str(out / "history.csv"),
-        "--metrics", str(out / "metrics.json"), "--run", str(out / "run.json"),
-    ]  # fmt: skip
+    # The prepared data and sources at their defaults (dvc.yaml's paths); the outputs in `out`.
+    cmd = [sys.executable, "-m", "pipeline.train", "--params", str(tmp_path / "params.yaml")]
+    cmd += ["--model", str(out / "model.keras"), "--history", str(out / "history.csv")]
+    cmd += ["--metrics", str(out / "metrics.json"), "--run", str(out / "run.json")]
     env = base_env(MLFLOW_TRACKING_URI=mlflow_server, DVC_ROOT=str(tmp_path))  # state: tmp_path
     proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -199,20 +199,48 @@ def test_a_request_whose_client_disconnects_is_cancelled(serve_params):
 
 def test_the_limit_follows_the_workers_pace():
     """About queue_target_s of work at the pace of the last answers, within min and max."""
-    admission = Admission(min_requests=4, max_requests=32, max_bytes=10**6, target_seconds=0.5)
+    now = [0.0]
+    admission = Admission(4, 32, 10**6, 0.5, clock=lambda: now[0])
     assert admission.limit() == 32  # no pace measured yet
-    for i in range(COMPLETIONS):  # 20 answers a second
-        admission.completed.append(i / 20)
+
+    def answer(one_every: float, count: int = COMPLETIONS) -> None:
+        for _ in range(count):  # one request at a time, each taking one_every seconds
+            assert admission.refuse(10) is None
+            now[0] += one_every
+            admission.release(10, answered=True)
+
+    answer(1 / 20)
     assert admission.limit() == 10  # 0.5 s x 20/s
-    for i in range(COMPLETIONS):  # 1,000 a second: capped
-        admission.completed.append(10 + i / 1000)
+    answer(1 / 1000)  # 1,000 a second: capped
     assert admission.limit() == 32
-    for i in range(COMPLETIONS):  # 2 a second: floored
-        admission.completed.append(20 + i / 2)
+    answer(1 / 2)  # 2 a second: floored
     assert admission.limit() == 4
     for _ in range(4):
         assert admission.refuse(10) is None
     busy = admission.refuse(10)
     assert busy.status == 503 and "serve.queue_target_s" in str(busy)
-    admission.release(10, answered_at=None)  # a request whose client left: no pace from it
+    admission.release(10, answered=False)  # a request whose client left: no pace from it
     assert admission.refuse(10) is None and len(admission.completed) == COMPLETIONS
+    for _ in range(4):
+        admission.release(10, answered=True)
+
+
+def test_idle_time_between_sparse_requests_is_not_counted_as_work():
+    """A request a second, each answered in 10 ms: the pace is 100 a second, not 1."""
+    now = [0.0]
+    admission = Admission(4, 64, 10**6, 0.5, clock=lambda: now[0])
+    for _ in range(COMPLETIONS):
+        assert admission.refuse(10) is None
+        now[0] += 0.01
+        admission.release(10, answered=True)
+        now[0] += 0.99  # idle
+    assert admission.pace() == pytest.approx(100)
+    assert admission.limit() == 50
+    # Overlapping requests: busy time counts once, so eight at once in 10 ms is 800 a second.
+    for _ in range(COMPLETIONS // 8):
+        for _ in range(8):
+            assert admission.refuse(10) is None
+        now[0] += 0.01
+        for _ in range(8):
+            admission.release(10, answered=True)
+    assert admission.limit() == 64

@@ -24,8 +24,21 @@ pytestmark = pytest.mark.unit
 
 # What a fresh Debian or Ubuntu machine has: a shell, make, coreutils, git, curl, python3 (no
 # `python`, no uv, no pip module needed).
-FRESH_MACHINE = ("bash", "sh", "env", "make", "dirname", "mkdir", "rm", "ln", "cat", "touch",
-                 "git", "curl", "python3")  # fmt: skip
+FRESH_MACHINE = (
+    "bash",
+    "sh",
+    "env",
+    "make",
+    "dirname",
+    "mkdir",
+    "rm",
+    "ln",
+    "cat",
+    "touch",
+    "git",
+    "curl",
+    "python3",
+)
 SLOW = ("repro", "test", "tour", "setup", "deploy-check")
 TIME = r"\d+ (?:min|s)\b"
 NO_CHAMPION = "no @champion yet: run `make tour` (minutes; a small model) or `make repro`"
@@ -52,7 +65,9 @@ def fresh_clone(root: Path) -> Path:
 
 
 def make(cwd: Path, *args: str, path: str, **env: str) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "VIRTUAL_ENV"))}
+    # Not MAKELEVEL and its kind: under `make test` the child would print "make[1]: ***" lines.
+    inherited = ("MLFLOW_", "VIRTUAL_ENV", "MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
     return subprocess.run(
         ["make", "--no-print-directory", *args],
         cwd=cwd,
@@ -171,8 +186,30 @@ def test_the_locks_are_what_make_lock_compiles(tmp_path):
 
 def test_setup_syncs_the_lock_it_is_given(tmp_path):
     venv = tmp_path / "venv"
-    done = make(REPO, "-n", "setup", f"VENV={venv}", "LOCK=requirements-gpu.lock",
-                path=os.environ["PATH"])  # fmt: skip
+    done = make(
+        REPO, "-n", "setup", f"VENV={venv}", "LOCK=requirements-gpu.lock", path=os.environ["PATH"]
+    )
     assert done.returncode == 0, done.stderr
-    assert re.search(rf"uv pip sync --python {venv}/bin/python requirements-gpu.lock$", done.stdout,
-                     flags=re.M), done.stdout  # fmt: skip
+    assert re.search(
+        rf"uv pip sync --python {venv}/bin/python requirements-gpu.lock$", done.stdout, flags=re.M
+    ), done.stdout
+
+
+def test_monitor_without_records_says_where_they_come_from_and_goes_on(tmp_path):
+    """Only a hint: a report on no records is still a report (insufficient data) for Prometheus."""
+    clone = fresh_clone(tmp_path)
+    shutil.copy2(REPO / "params.yaml", clone / "params.yaml")
+    path = machine_path(tmp_path, FRESH_MACHINE, Path(sys.executable).parent)
+    check = ["scripts/first-run.sh", "monitor", "records"]
+    env = {**os.environ, "PATH": path}
+    env.pop("FASHION_MNIST_MONITORING_DIR", None)
+    none = subprocess.run(check, cwd=clone, env=env, capture_output=True, text=True, timeout=60)
+    assert none.returncode == 0, none.stderr
+    assert none.stderr.startswith(
+        "make monitor: no prediction records in monitoring/ yet: run `make serve`"
+    )
+    records = clone / "monitoring"
+    records.mkdir()
+    (records / "predictions-2026-12-01-host-1.jsonl").write_text("")
+    some = subprocess.run(check, cwd=clone, env=env, capture_output=True, text=True, timeout=60)
+    assert (some.returncode, some.stderr) == (0, "")

@@ -259,8 +259,9 @@ def iso(seconds: float) -> str:
 
 
 def drift_report(workspace: Path, env: dict, window: dict, out: Path, *extra: str):
-    cmd = [str(BIN / "python"), "-m", "pipeline.drift", "--since", iso(window["since"]),
-           "--until", iso(window["until"]), "--out", str(out), *extra]  # fmt: skip
+    cmd = [str(BIN / "python"), "-m", "pipeline.drift"]
+    cmd += ["--since", iso(window["since"]), "--until", iso(window["until"])]
+    cmd += ["--out", str(out), *extra]
     return subprocess.run(cmd, cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -291,21 +292,29 @@ def test_each_worker_records_to_its_own_file(windows, pipeline_run, champion):
 def test_report_on_test_images_is_not_drifted(windows, pipeline_run, pipeline_env):
     """`make monitor`, the operator's command, on the window of 300 test images."""
     test = windows["test"]
-    run(["make", "monitor", f"SINCE={iso(test['since'])}", f"UNTIL={iso(test['until'])}"],
-        pipeline_run, pipeline_env)  # fmt: skip
+    run(
+        ["make", "monitor", f"SINCE={iso(test['since'])}", f"UNTIL={iso(test['until'])}"],
+        pipeline_run,
+        pipeline_env,
+    )
     out = pipeline_run / "reports" / "monitor"
     summary = json.loads((out / "drift.json").read_text())
     assert summary["records"] == 300 and summary["unreadable_lines"] == 0
     assert summary["verdict"] == "not drifted", summary["what_moved"]
     assert summary["drifted"] is False and summary["drifted_features"] == []
     assert set(summary["features"]) == {
-        "pixel_mean", "pixel_std", "bright_fraction", "log2_aspect", "confidence",
+        "pixel_mean",
+        "pixel_std",
+        "bright_fraction",
+        "log2_aspect",
+        "confidence",
         "predicted_class",
-    }  # fmt: skip
+    }
     assert summary["endpoints"] == {"predict": 225, "classify": 75}
     assert "NOT DRIFTED" in (out / "drift.html").read_text()
-    shown = run([str(BIN / "dvc"), "metrics", "show", str(out / "drift.json")], pipeline_run,
-                pipeline_env).stdout  # fmt: skip
+    shown = run(
+        [str(BIN / "dvc"), "metrics", "show", str(out / "drift.json")], pipeline_run, pipeline_env
+    ).stdout
     assert "features.pixel_mean.p_value" in shown
     # The verdict for Prometheus (node_exporter's textfile collector): not drifted, 300 records.
     verdict = drift_metrics(out / "drift.prom")
@@ -399,9 +408,12 @@ def test_records_take_the_bytes_the_docs_and_the_volume_say(windows, pipeline_ru
     mean = sum(lines) / len(lines)
     stated = {
         path: {int(m.replace(",", "")) for m in BYTES_PER_RECORD.findall(path.read_text())}
-        for path in (REPO / "docs" / "monitoring.md", REPO / "deploy" / "k8s" / "records-pvc.yaml",
-                     REPO / "params.yaml")
-    }  # fmt: skip
+        for path in (
+            REPO / "docs" / "monitoring.md",
+            REPO / "deploy" / "k8s" / "records-pvc.yaml",
+            REPO / "params.yaml",
+        )
+    }
     figures = set().union(*stated.values())
     assert all(stated.values()) and len(figures) == 1, f"one figure in each file: {stated}"
     (figure,) = figures
@@ -441,15 +453,23 @@ def test_the_dashboard_is_provisionable_and_covers_the_alerts():
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel["title"]
     queries = " ".join(dashboard_queries())
-    for series in ("bentoml_service_request_total", "bentoml_service_request_duration_seconds",
-                   "fashion_predictions_total", "fashion_prediction_confidence_bucket",
-                   "fashion_low_confidence_predictions_total", "fashion_drift_detected",
-                   "fashion_prediction_records_dropped_total", "fashion_prediction_records_bytes",
-                   "fashion_prediction_records_max_bytes",
-                   "fashion_prediction_records_filesystem_free_bytes",
-                   "fashion_prediction_records_removed_bytes_total",
-                   "fashion_feedback_corrections_total", "fashion_feedback_refused_total",
-                   "fashion_requests_shed_total", "fashion_requests_in_flight"):  # fmt: skip
+    for series in (
+        "bentoml_service_request_total",
+        "bentoml_service_request_duration_seconds",
+        "fashion_predictions_total",
+        "fashion_prediction_confidence_bucket",
+        "fashion_low_confidence_predictions_total",
+        "fashion_drift_detected",
+        "fashion_prediction_records_dropped_total",
+        "fashion_prediction_records_bytes",
+        "fashion_prediction_records_max_bytes",
+        "fashion_prediction_records_filesystem_free_bytes",
+        "fashion_prediction_records_removed_bytes_total",
+        "fashion_feedback_corrections_total",
+        "fashion_feedback_refused_total",
+        "fashion_requests_shed_total",
+        "fashion_requests_in_flight",
+    ):
         assert series in queries, series
 
 
@@ -495,20 +515,26 @@ def test_prometheus_scrapes_the_service_and_evaluates_every_rule(
     write_metrics(500, True, textfiles / "drift.prom", time.time())
     exporter_port = free_port()
     exporter = start_server(
-        [shutil.which("prometheus-node-exporter") or "prometheus-node-exporter",
-         f"--web.listen-address=127.0.0.1:{exporter_port}", "--collector.disable-defaults",
-         "--collector.textfile", f"--collector.textfile.directory={textfiles}"],
-        tmp_path, base_env(), tmp_path / "node-exporter.log",
-        f"http://127.0.0.1:{exporter_port}/metrics", 60,
-    )  # fmt: skip
+        [
+            shutil.which("prometheus-node-exporter") or "prometheus-node-exporter",
+            f"--web.listen-address=127.0.0.1:{exporter_port}",
+            "--collector.disable-defaults",
+            "--collector.textfile",
+            f"--collector.textfile.directory={textfiles}",
+        ],
+        tmp_path,
+        base_env(),
+        tmp_path / "node-exporter.log",
+        f"http://127.0.0.1:{exporter_port}/metrics",
+        60,
+    )
     jobs["drift-report"]["static_configs"] = [{"targets": [f"127.0.0.1:{exporter_port}"]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [
-        shutil.which("prometheus") or "prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-    ]  # fmt: skip
+    config_file = tmp_path / "prometheus.yml"
+    cmd = [shutil.which("prometheus") or "prometheus", f"--config.file={config_file}"]
+    cmd += [f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"]
     try:
         proc = start_server(
             cmd, tmp_path, base_env(), tmp_path / "prometheus.log", f"{url}/-/ready", 60

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.core.fashion_mnist import MIRRORS, RAW_FILES, SHA256
 from pipeline.core.inference import file_sha256
 from pipeline.shared.dataset import content_hash, load_split
+from pipeline.shared.machine import cpus, trained_on
 from pipeline.shared.tracking import download_keras_file
 
 pytest_plugins = ["service_fixtures"]  # champion
@@ -46,7 +47,7 @@ def test_repro_prepare_then_nothing_to_do(tmp_path):
     # feedback always runs (it reads the service's corrections, which DVC cannot see); with none
     # new its output is the same, so prepare does not run again.
     assert re.findall(r"Running stage '(\w+)'", second.stdout) == ["feedback"], second.stdout
-    assert "up to date" in second.stdout
+    assert "Stage 'prepare' didn't change, skipping" in second.stdout
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,10 @@ def test_run_holds_params_tags_and_per_epoch_metrics(pipeline_run, tracked_run):
     assert tags["git_commit"] == head
     assert tags["seed"] == "42"
     assert len(tags["data_hash"]) == 64
+    # The CPU beside the run, in MLflow and in run.json: train_seconds is only comparable with it.
+    record = json.loads((pipeline_run / "reports" / "train" / "run.json").read_text())
+    assert tags["machine"] == record["machine"] == trained_on()
+    assert f"{cpus()} CPUs" in record["machine"]
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
         history = client.get_metric_history(tracked.info.run_id, metric)
         assert [m.step for m in history] == [1, 2], metric

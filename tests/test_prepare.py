@@ -18,7 +18,7 @@ from pipeline.prepare import (
     stratified_split,
     stratified_subset,
 )
-from pipeline.shared.dataset import Corrections, DataError, Split, content_hash, corrections_from
+from pipeline.shared.dataset import Corrections, DataError, Split, corrections_from
 
 FEEDBACK = PrepareFeedbackParams(enabled=True, repeat=1, slice_permille=200)
 
@@ -151,7 +151,6 @@ def test_mix_feedback_trains_on_the_rest_never_on_the_slice_or_a_validation_imag
         "train_rows": 3 * int(expected),
         "left_out_in_val": int((in_val & ~held).sum()),
         "same_as_a_training_image": 0,
-        "digest": content_hash(fb.split),
     }
     # Off: train is the original split; the slice is still held out (and scored by evaluate).
     off, off_slice, off_report = mix_feedback(

@@ -120,8 +120,11 @@ def test_a_register_killed_at_any_step_is_settled_by_the_next(
     assert set(bento_models(bentoml_home, model)) == before
     assert latest_version(bentoml_home, model) == "1"
     assert promotion_tags(client, model) == {
-        "1": "promoted", "2": "abandoned", "3": "abandoned", "4": "promoted"
-    }  # fmt: skip
+        "1": "promoted",
+        "2": "abandoned",
+        "3": "abandoned",
+        "4": "promoted",
+    }
 
     # A copy into the store cut short (BentoML copies into the store last): a folder without its
     # model.yaml, and one with model.yaml but a file missing. Neither may stay or be served.

@@ -204,8 +204,10 @@ def untouched(directory: Path) -> dict[str, tuple[int, float]]:
 def test_the_recorder_thread_removes_old_files_then_the_oldest_over_the_cap(records):
     feedback = untouched(records)
     limits = RecordLimits(max_bytes=3000, retention_seconds=7 * DAY, part_bytes=10_000)
-    before = {r: value("fashion_prediction_records_removed_files_total", reason=r)
-              for r in ("retention", "cap")}  # fmt: skip
+    before = {
+        r: value("fashion_prediction_records_removed_files_total", reason=r)
+        for r in ("retention", "cap")
+    }
     removed_bytes = value("fashion_prediction_records_removed_bytes_total", reason="cap")
     rec = recorder(records, limits, check_seconds=0.05)
     try:
@@ -232,8 +234,10 @@ def test_the_recorder_thread_removes_old_files_then_the_oldest_over_the_cap(reco
         assert (
             value("fashion_prediction_records_filesystem_size_bytes") == fs.f_blocks * fs.f_frsize
         )
-        got = {r: value("fashion_prediction_records_removed_files_total", reason=r) - n
-               for r, n in before.items()}  # fmt: skip
+        got = {
+            r: value("fashion_prediction_records_removed_files_total", reason=r) - n
+            for r, n in before.items()
+        }
         assert got == {"retention": 1, "cap": 2}
         assert value("fashion_prediction_records_removed_bytes_total", reason="cap") == (
             removed_bytes + 2500

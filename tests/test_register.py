@@ -366,8 +366,11 @@ def test_the_gate_weighs_validation_and_the_feedback_slice(
     assert record["decision"] == "promoted"
     assert f"feedback slice ({n} images): accuracy 0.0000, no champion" in record["reason"]
     assert record["scores"]["feedback"] | {"data_hash": "-"} == {
-        "samples": n, "candidate": 0.0, "champion": None, "data_hash": "-",
-    }  # fmt: skip
+        "samples": n,
+        "candidate": 0.0,
+        "champion": None,
+        "data_hash": "-",
+    }
     assert client.get_model_version(model, "1").tags["replaced_version"] == "none"
 
     # Better on both: promoted; the decision and its printed line give both numbers of both.
@@ -382,8 +385,11 @@ def test_the_gate_weighs_validation_and_the_feedback_slice(
         in record["reason"]
     )
     scores = record["scores"]
-    assert scores["validation"] == {"samples": scores["validation"]["samples"],
-                                    "candidate": 0.85, "champion": 0.80}  # fmt: skip
+    assert scores["validation"] == {
+        "samples": scores["validation"]["samples"],
+        "candidate": 0.85,
+        "champion": 0.80,
+    }
     assert (scores["feedback"]["candidate"], scores["feedback"]["champion"]) == (1.0, 0.0)
     assert (
         f"candidate 0.8500, champion 0.8000; feedback slice ({n} images) candidate 1.0000, "
@@ -399,8 +405,11 @@ def test_the_gate_weighs_validation_and_the_feedback_slice(
     assert "0.1500 below the champion's 0.8500, more than max_regression" in record["reason"]
     assert "feedback slice empty: not checked" in record["reason"]
     assert record["scores"]["feedback"] == {
-        "samples": 0, "candidate": None, "champion": None, "note": "empty",
-    }  # fmt: skip
+        "samples": 0,
+        "candidate": None,
+        "champion": None,
+        "note": "empty",
+    }
     assert "feedback slice empty" in out
 
     # Better on validation, worse on the slice: kept, and the reason says which side failed.
@@ -444,10 +453,8 @@ def test_mlflow_models_serve_answers_raw_pixels(
     """What an MLflow user runs instead of our service: it takes the pixels as they are."""
     name = champion["champion"]["model_name"]
     port = free_port()
-    cmd = [
-        str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
-        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion"]
+    cmd += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     proc = start_server(cmd, tmp_path, pipeline_env, tmp_path / "serve.log", f"{url}/ping", 240)
     try:

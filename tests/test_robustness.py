@@ -31,13 +31,19 @@ pytestmark = pytest.mark.service
 
 def test_openapi_fuzz_gets_no_server_error(service_url, tmp_path):
     """schemathesis generates requests from the service's own OpenAPI schema: none may get a 5xx."""
-    cmd = [
-        str(BIN / "schemathesis"), "run", f"{service_url}/docs.json",
-        "--checks", "not_a_server_error", "--max-examples", "50", "--request-timeout", "60",
-    ]  # fmt: skip
+    cmd = [str(BIN / "schemathesis"), "run", f"{service_url}/docs.json"]
+    cmd += ["--checks", "not_a_server_error", "--max-examples", "50", "--request-timeout", "60"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "No issues found" in proc.stdout
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:]
+    cases = re.search(r"(\d+) generated, (\d+) passed", out)
+    assert cases and cases.group(1) == cases.group(2), out[-3000:]
+    # The one warning allowed: /feedback takes only prediction ids this service signed (and
+    # 28x28 pixels), so it refuses, with a 4xx, nearly all that the schema lets be generated.
+    if not re.search(r"=+ No issues found in", out):
+        assert re.search(r"=+ 1 warning in", out), out[-3000:]
+        warned = re.search(r"Schema validation mismatch:.*?\n\n((?:  - .*\n)+)", out)
+        assert warned and warned.group(1).split() == ["-", "POST", "/feedback"], out[-3000:]
     tested = re.search(r"Tested: (\d+)", proc.stdout)
     assert tested and int(tested.group(1)) >= 3, proc.stdout[
         -2000:

@@ -74,8 +74,12 @@ def test_rollback_restores_the_previous_champion_keeps_it_and_survives_a_kill(
     assert record["decision"] == "rolled_back" and why in record["reason"]
     assert (record["champion"]["version"], record["previous_champion"]["version"]) == ("1", "2")
     assert record["rollback"] | {"at": "-"} == {
-        "from": "2", "to": "1", "reason": why, "by": me, "at": "-",
-    }  # fmt: skip
+        "from": "2",
+        "to": "1",
+        "reason": why,
+        "by": me,
+        "at": "-",
+    }
     store = bentoml_home / "models" / model
     assert record["served"] == f"{model}:{(store / 'latest').read_text().strip()}"
 

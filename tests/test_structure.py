@@ -6,11 +6,15 @@ Imports are read with `ast` (module level and inside functions alike), never exe
 from __future__ import annotations
 
 import ast
+import itertools
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO
+
+from pipeline.core import paths
 
 pytestmark = pytest.mark.unit
 
@@ -59,6 +63,95 @@ def test_stage_deps_list_every_module_it_imports(stage):
     declared = {d for d in spec["deps"] if d.endswith(".py")}
     assert sorted(needed - declared) == [], f"dvc.yaml stage {stage!r} misses these deps"
     assert sorted(declared - needed) == [], f"dvc.yaml stage {stage!r} lists unused modules"
+
+
+# Paths: written once, in pipeline/core/paths.py; dvc.yaml repeats them (DVC reads only YAML).
+PATHS = {name: value for name, value in vars(paths).items() if isinstance(value, Path)}
+NOT_IN_DVC = {"MONITOR_REPORTS"}  # the drift report: `make monitor`, not a stage
+
+
+def command_options(cmd: str) -> dict[str, str]:
+    """A stage command's `--option value` pairs."""
+    words = shlex.split(cmd)
+    return {w: v for w, v in itertools.pairwise(words) if w.startswith("--")}
+
+
+def paths_value(node: ast.expr | None) -> Path | None:
+    """A default written with pipeline/core/paths.py (`paths.X`, `paths.X / "name"`), evaluated;
+    None for anything else (a literal path is a second place that names it)."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return PATHS.get(node.attr) if node.value.id == "paths" else None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        left = paths_value(node.left)
+        right = node.right.value if isinstance(node.right, ast.Constant) else None
+        return left / right if left is not None and isinstance(right, str) else None
+    return None
+
+
+def option_defaults(path: Path) -> dict[str, list[Path | None]]:
+    """Each option's defaults in a module's `add_argument` calls (every subcommand's)."""
+    found: dict[str, list[Path | None]] = {}
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "add_argument"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            default = next((k.value for k in node.keywords if k.arg == "default"), None)
+            found.setdefault(node.args[0].value, []).append(paths_value(default))
+    return found
+
+
+@pytest.mark.parametrize("stage", list(stages()))
+def test_stage_commands_pass_the_paths_their_defaults_are(stage):
+    """Each path dvc.yaml's cmd passes is the stage's default for it, taken from paths.py: a path
+    renamed in dvc.yaml or in paths.py alone fails here."""
+    spec = stages()[stage]
+    module = spec["cmd"].split("python -m ", 1)[1].split()[0]
+    defaults = option_defaults(module_file(module))
+    passed = command_options(spec["cmd"])
+    assert passed, f"dvc.yaml stage {stage!r} passes no paths"
+    for option, value in passed.items():
+        assert option in defaults, f"{module} has no option {option}"
+        assert set(defaults[option]) == {Path(value)}, (
+            f"{module} {option}: default {defaults[option]} (from pipeline/core/paths.py), "
+            f"dvc.yaml passes {value}"
+        )
+
+
+def dvc_paths() -> set[Path]:
+    """Every data path dvc.yaml names: commands' paths, deps (but code), outs, metrics, plots."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    named: set[Path] = set()
+    for stage in spec["stages"].values():
+        named |= {Path(v) for v in command_options(stage["cmd"]).values()}
+        for key in ("deps", "outs", "metrics", "plots"):
+            for entry in stage.get(key, []):
+                name = entry if isinstance(entry, str) else next(iter(entry))
+                if not name.endswith(".py"):
+                    named.add(Path(name))
+    for plot in spec.get("plots", []):
+        for options in plot.values():
+            named |= {Path(p) for p in (options.get("y") or {})}
+    return named
+
+
+def test_dvc_yaml_names_the_paths_of_paths_py():
+    """Every path of dvc.yaml is one of paths.py's or inside one, and every path of paths.py is
+    one dvc.yaml names (or a folder of those); params.yaml is DVC's default params file."""
+    named = dvc_paths()
+    assert len(named) >= 20, sorted(map(str, named))
+    outside = [p for p in named if not any(p.is_relative_to(known) for known in PATHS.values())]
+    assert sorted(map(str, outside)) == [], "dvc.yaml names paths pipeline/core/paths.py lacks"
+    unused = [
+        name
+        for name, path in PATHS.items()
+        if name not in NOT_IN_DVC | {"PARAMS"} and not any(p.is_relative_to(path) for p in named)
+    ]
+    assert unused == [], "pipeline/core/paths.py has paths dvc.yaml never names"
+    assert Path("params.yaml") == paths.PARAMS
 
 
 def test_package_inits_hold_no_code():

@@ -144,10 +144,15 @@ def shared_tracking(postgres, s3, tmp_path_factory) -> str:
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
     proc, url = start_mlflow(
-        root, postgres, "s3://mlflow-artifacts/mlflow", ("--app-name", "basic-auth"),
-        MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_FLASK_SERVER_SECRET_KEY="test-secret-key",
-        MLFLOW_S3_ENDPOINT_URL=s3, **S3_KEYS,
-    )  # fmt: skip
+        root,
+        postgres,
+        "s3://mlflow-artifacts/mlflow",
+        ("--app-name", "basic-auth"),
+        MLFLOW_AUTH_CONFIG_PATH=str(config),
+        MLFLOW_FLASK_SERVER_SECRET_KEY="test-secret-key",
+        MLFLOW_S3_ENDPOINT_URL=s3,
+        **S3_KEYS,
+    )
     for user, password in USERS.items():
         created = requests.post(
             f"{url}/api/2.0/mlflow/users/create",
@@ -224,12 +229,9 @@ def test_wrong_or_missing_credentials_fail_fast_and_create_nothing(
     ws, _, _ = team_run
     experiment = admin.get_experiment_by_name("fashion-mnist-cnn")
     before = len(admin.search_runs([experiment.experiment_id]))
-    train = [
-        str(BIN / "python"), "-m", "pipeline.train", "--data", "data/prepared",
-        "--sources", "data/raw/sources.json", "--model", str(tmp_path / "model.keras"),
-        "--history", str(tmp_path / "history.csv"), "--metrics", str(tmp_path / "metrics.json"),
-        "--run", str(tmp_path / "run.json"),
-    ]  # fmt: skip
+    train = [str(BIN / "python"), "-m", "pipeline.train"]  # data and sources: the defaults
+    train += ["--model", str(tmp_path / "model.keras"), "--history", str(tmp_path / "history.csv")]
+    train += ["--metrics", str(tmp_path / "metrics.json"), "--run", str(tmp_path / "run.json")]
     serve = [str(BIN / "python"), "-m", "pipeline.register", "--import-only"]
     for user, password, cmd in (
         ("trainer", "not-the-password", train),
@@ -263,8 +265,12 @@ def test_a_read_only_user_can_serve_but_not_promote(team_run, shared_tracking, a
         tags = admin.get_registered_model(name).tags
         proc = subprocess.run(
             [str(BIN / "python"), "-m", "pipeline.register", "--out", str(tmp_path / "c.json")],
-            cwd=ws, env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            cwd=ws,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode != 0, proc.stdout
         message = proc.stderr
         assert f"MLflow tracking server {shared_tracking} denied user 'viewer'" in message

@@ -121,12 +121,7 @@ def test_train_stage_with_dead_server_fails_in_seconds_and_writes_nothing(tmp_pa
         return {p: (ws / p).read_bytes() if (ws / p).exists() else None for p in outputs}
 
     before = snapshot()  # the committed baseline's metrics; no model (DVC caches it)
-    cmd = [
-        sys.executable, "-m", "pipeline.train", "--data", "data/prepared",
-        "--sources", "data/raw/sources.json", "--model", "models/model.keras",
-        "--history", "reports/train/history.csv", "--metrics", "reports/train/metrics.json",
-        "--run", "reports/train/run.json",
-    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "pipeline.train"]  # its defaults: dvc.yaml's paths (`outputs`)
     started = time.monotonic()
     proc = subprocess.run(
         cmd,

@@ -52,10 +52,23 @@ def test_benchmark_trains_a_candidate_and_the_reference_and_reports_them(
     prepared_workspace: Path, tmp_path: Path
 ):
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "train_benchmark.py"), "--epochs", "1",
-         "--set", "model.conv_blocks.1.filters=16", "--name", "narrow", "--results", str(tmp_path)],
-        cwd=prepared_workspace, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "train_benchmark.py"),
+            "--epochs",
+            "1",
+            "--set",
+            "model.conv_blocks.1.filters=16",
+            "--name",
+            "narrow",
+            "--results",
+            str(tmp_path),
+        ],
+        cwd=prepared_workspace,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (out,) = result_files(tmp_path)
     data = read(out)  # the result-file format: machine, models by SHA-256, figures
@@ -73,8 +86,10 @@ def test_benchmark_trains_a_candidate_and_the_reference_and_reports_them(
     assert narrow["overrides"] == ["model.conv_blocks.1.filters=16"] and ref["overrides"] == []
     assert narrow["epochs"] == ref["epochs"] == 1
 
-    blocks = [b.model_copy(update={"filters": 16}) if i == 1 else b
-              for i, b in enumerate(params.model.conv_blocks)]  # fmt: skip
+    blocks = [
+        b.model_copy(update={"filters": 16}) if i == 1 else b
+        for i, b in enumerate(params.model.conv_blocks)
+    ]
     flops = sum(forward_flops(IMAGE_SIZE, blocks, params.model.dense, NUM_CLASSES).values())
     assert narrow["mflops_per_image"] == round(flops / 1e6, 2)
     # The candidate has the flip inside (params.yaml), so flipping again from outside changes

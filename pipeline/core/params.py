@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline.core.architecture import layer_table
 from pipeline.core.fashion_mnist import IMAGE_SIZE
+from pipeline.core.paths import PARAMS
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
@@ -245,7 +246,7 @@ def _describe(err: ValidationError, source: str, section: str = "") -> str:
     return "\n".join(lines)
 
 
-def parse_params(raw: object, source: str = "params.yaml") -> Params:
+def parse_params(raw: object, source: str = str(PARAMS)) -> Params:
     """Validate an already-parsed params mapping."""
     try:
         return Params.model_validate(raw)
@@ -262,12 +263,12 @@ def _read(path: Path) -> object:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = PARAMS) -> Params:
     """Read and validate params.yaml; raises ParamsError naming every bad key."""
     return parse_params(_read(Path(path)), str(path))
 
 
-def load_serve_params(path: str | Path = "params.yaml") -> ServeParams:
+def load_serve_params(path: str | Path = PARAMS) -> ServeParams:
     """Only the `serve` section, validated like load_params does: all the service reads."""
     raw = _read(Path(path))
     if not isinstance(raw, dict) or "serve" not in raw:

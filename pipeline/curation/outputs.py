@@ -7,18 +7,36 @@ from __future__ import annotations
 import csv
 import io
 
+from pipeline.core import paths
 from pipeline.core.fashion_mnist import CLASS_NAMES
 from pipeline.curation.rules import Curated, Outcome
 from pipeline.curation.sheet import MAX_TILES
 
 ITEM_COLUMNS = (
-    "id", "time", "source", "predicted", "label", "final_label", "pixels_sha256", "outcome",
-    "reason", "shard",
-)  # fmt: skip
+    "id",
+    "time",
+    "source",
+    "predicted",
+    "label",
+    "final_label",
+    "pixels_sha256",
+    "outcome",
+    "reason",
+    "shard",
+)
 PENDING_COLUMNS = (
-    "status", "tile", "id", "time", "source", "predicted", "predicted_class", "label",
-    "label_class", "pixels_sha256", "reason",
-)  # fmt: skip
+    "status",
+    "tile",
+    "id",
+    "time",
+    "source",
+    "predicted",
+    "predicted_class",
+    "label",
+    "label_class",
+    "pixels_sha256",
+    "reason",
+)
 
 
 def _time(outcome: Outcome) -> str:
@@ -86,7 +104,7 @@ def sheet_title(held: list[Outcome]) -> str:
         return "Nothing waits for review."
     shown = f"the first {MAX_TILES} of {len(held)}" if len(held) > MAX_TILES else f"all {len(held)}"
     return (
-        f"Waiting for review: {shown} (reports/feedback/pending.csv). Under each image: its tile "
+        f"Waiting for review: {shown} ({paths.PENDING}). Under each image: its tile "
         "number and the label sent ((c): sent with other labels too); the model's answer."
     )
 
@@ -97,7 +115,7 @@ def describe(report: dict) -> str:
     lines = [
         f"feedback: {report['corrections']} correction(s) of {report['images']} image(s) in "
         f"{report['shards']} shard(s) -> {report['accepted_images']} accepted image(s) in "
-        "data/feedback/corrections.npz",
+        f"{paths.CORRECTIONS}",
         f"  outcomes: {outcomes or 'none'}",
     ]
     accepted = {c: n for c, n in report["accepted_by_class"].items() if n}
@@ -105,7 +123,7 @@ def describe(report: dict) -> str:
         lines.append("  accepted by class: " + ", ".join(f"{c} {n}" for c, n in accepted.items()))
     if report["waiting_for_review"]:
         lines.append(
-            f"  {report['waiting_for_review']} wait for review: reports/feedback/pending.csv and "
+            f"  {report['waiting_for_review']} wait for review: {paths.PENDING} and "
             "pending.png; decide with `python -m pipeline.feedback review --accept ID...` "
             "(or --reject, --accept-all), then `make feedback`"
         )

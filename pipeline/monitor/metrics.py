@@ -22,9 +22,10 @@ def write_metrics(records: int, drifted: bool | None, path: Path, now: float) ->
         registry=registry,
     ).set(now)
     Gauge(
-        "fashion_drift_records", "Prediction records in the last drift report's window",
+        "fashion_drift_records",
+        "Prediction records in the last drift report's window",
         registry=registry,
-    ).set(records)  # fmt: skip
+    ).set(records)
     if drifted is not None:
         Gauge(
             "fashion_drift_detected",

@@ -98,6 +98,7 @@ def sync_bentoml_store(client: MlflowClient, params: Params, workdir: Path) -> s
     import bentoml
 
     name = params.serve.bento_model_name
+    # stdout, beside register's result: what it changed in the store (people and tests read it)
     for broken in remove_broken(name):
         print(f"register: deleted {name}:{broken} from the BentoML store: an unfinished import")
     version = current_champion(client, params.mlflow.registered_model_name)
@@ -108,9 +109,12 @@ def sync_bentoml_store(client: MlflowClient, params: Params, workdir: Path) -> s
         latest = bentoml.models.get(f"{name}:latest")
     except bentoml.exceptions.NotFound:
         latest = None
-    identity = ("mlflow_model_name", "mlflow_model_version", "model_sha256", "onnx_sha256")
-    wanted = dict(zip(identity, (champion.model_name, champion.version,
-                                 champion.model_sha256, champion.onnx_sha256), strict=True))  # fmt: skip
+    wanted = {  # the labels that say which champion a BentoML model holds
+        "mlflow_model_name": champion.model_name,
+        "mlflow_model_version": champion.version,
+        "model_sha256": champion.model_sha256,
+        "onnx_sha256": champion.onnx_sha256,
+    }
     if latest is not None and all(latest.info.labels.get(k) == v for k, v in wanted.items()):
         return str(latest.tag)
     files = served_files(champion, workdir / "import")

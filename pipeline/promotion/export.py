@@ -77,10 +77,8 @@ def explained_layers(model: keras.Model) -> list[dict[str, Any]]:
     """
     from keras import layers
 
-    after_conv = (
-        layers.BatchNormalization, layers.Activation, layers.ReLU, layers.LeakyReLU, layers.ELU,
-        layers.PReLU,
-    )  # fmt: skip
+    after_conv = (layers.BatchNormalization, layers.Activation, layers.ReLU, layers.LeakyReLU)
+    after_conv += (layers.ELU, layers.PReLU)
     stack = list(model.layers)
     rows: list[dict[str, Any]] = []
     for i, layer in enumerate(stack):

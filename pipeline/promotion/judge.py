@@ -4,7 +4,7 @@ A judgment reads the registry as it is now (the champion, the runs a rollback ba
 experiment's runs, then scores both models on the two data sets the gate compares them on:
 - the validation split: the candidate's accuracy as its run recorded it, the champion's as its
   version records it, or re-measured here when it was validated on other data;
-- the feedback slice (data/prepared/feedback.npz: corrections people sent, held out of
+- the feedback slice (prepare's feedback.npz: corrections people sent, held out of
   training): both models measured here, the same way (Keras, this split), each model file
   checked against the SHA-256 its run recorded. An empty or absent slice is not checked.
 
@@ -35,8 +35,6 @@ from pipeline.promotion.registry import (
 from pipeline.shared.dataset import Split, content_hash
 from pipeline.shared.keras_runtime import Classifier
 from pipeline.shared.tracking import download_keras_file
-
-FEEDBACK_FILE = "feedback.npz"  # in the prepared data directory, written by `prepare`
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,9 @@ class Measurer:
 
 @dataclass
 class Judge:
-    """Judges the best validated run against the champion; call it for a judgment of now."""
+    """Judges the best validated run against the champion: `now()` reads the registry and the
+    experiment as they are at that moment (register asks twice: to decide, and right before the
+    alias move)."""
 
     client: MlflowClient
     params: Params
@@ -120,14 +120,13 @@ class Judge:
     measurer: Measurer
     allow_rolled_back: bool = False  # register --allow-rolled-back
 
-    def __call__(self) -> Judgement:
+    def now(self) -> Judgement:
+        """The best validated run (rolled-back runs passed over) against the champion, now."""
         name = self.params.mlflow.registered_model_name
         val_data_hash = content_hash(self.val)
         version = current_champion(self.client, name)
         champion = champion_summary(self.client, version) if version else None
-        barred = {} if self.allow_rolled_back else rolled_back_runs(
-            self.client, name, champion.run_id if champion else None
-        )  # fmt: skip
+        barred = self.barred_runs(champion)
         best, passed_over = best_run(
             self.client, self.experiment_id, val_data_hash, frozenset(barred)
         )
@@ -154,11 +153,11 @@ class Judge:
             scores["validation"]["champion"] = candidate.val_accuracy
             why = f"the best run is already the champion (version {champion.version}){note}"
             return Judgement(candidate, best, champion, False, why, None, scores)
-        champion_acc, again = None, None
+        champion_acc, remeasured = None, None
         if champion is not None:
             champion_acc = champion.val_accuracy
             if champion.val_data_hash != val_data_hash or champion_acc is None:
-                champion_acc, again = self.remeasured(champion)
+                champion_acc, remeasured = self.remeasured(champion)
         scores["validation"]["champion"] = champion_acc
         scores["feedback"] = self.feedback_scores(candidate, champion)
         fb = scores["feedback"]
@@ -167,7 +166,15 @@ class Judge:
             fb["candidate"], fb["champion"], fb["samples"], self.params.register, self.feedback.note
         )
         why = f"{val_why}; {fb_why}{note}"
-        return Judgement(candidate, best, champion, on_val and on_fb, why, again, scores)
+        return Judgement(candidate, best, champion, on_val and on_fb, why, remeasured, scores)
+
+    def barred_runs(self, champion: Champion | None) -> dict[str, str]:
+        """Runs a rollback took @champion from (run id -> version), passed over unless
+        --allow-rolled-back; the champion's own run never is."""
+        if self.allow_rolled_back:
+            return {}
+        name = self.params.mlflow.registered_model_name
+        return rolled_back_runs(self.client, name, champion.run_id if champion else None)
 
     def remeasured(self, champion: Champion) -> tuple[float, dict[str, Any]]:
         """A champion validated on other data, measured on the candidate's validation split: its

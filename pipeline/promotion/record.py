@@ -100,10 +100,10 @@ class Champion:
         return f"{self.exports_dir}/{file}" if self.exports_dir else LEGACY_ARTIFACTS[file]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decision:
     """champion.json: what register (or a rollback) decided and why, and what the local BentoML
-    store serves."""
+    store serves. Built once, when everything in it is known (flow.py, rollback.py)."""
 
     # superseded: another register changed the registry while this one promoted; it decided
     # again. rolled_back: `python -m pipeline.rollback` moved `@champion` back (no candidate).

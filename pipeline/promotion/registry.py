@@ -5,9 +5,9 @@ runs a rollback bars from promotion, and settling what killed registers and roll
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +37,8 @@ from pipeline.promotion.record import (
     exports_dir,
 )
 from pipeline.shared.tracking import download_keras_file
+
+log = logging.getLogger(__name__)
 
 
 def local_store(uri: str) -> Path | None:
@@ -68,7 +70,7 @@ def promotion_lock(uri: str) -> Iterator[Path | None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"register: waiting for another promotion on {store} to finish", file=sys.stderr)
+            log.info("register: waiting for another promotion on %s to finish", store)
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield path

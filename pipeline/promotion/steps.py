@@ -1,4 +1,4 @@
-"""The named steps of a promotion, announced on stderr as `register: step <name>`.
+"""The named steps of a promotion, logged (stderr) as `register: step <name>`.
 
 `REGISTER_STOP_AT=<step>` stops the process there (SIGSTOP, resumed by SIGCONT): how the tests
 interleave overlapping registers and kill one at each step. A promotion's steps, in order:
@@ -16,9 +16,9 @@ A rollback's (rollback.py), before its BentoML import:
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import sys
 
 STEPS = (
     "registered",
@@ -30,11 +30,13 @@ STEPS = (
 )
 STOP_AT = "REGISTER_STOP_AT"
 
+log = logging.getLogger(__name__)
+
 
 def reached(step: str) -> None:
     """Announce a step; stop the process here if REGISTER_STOP_AT names it."""
     if step not in STEPS:
         raise ValueError(f"unknown promotion step {step!r}; steps: {', '.join(STEPS)}")
-    print(f"register: step {step}", file=sys.stderr, flush=True)
+    log.info("register: step %s", step)  # a handler flushes each line: seen before a stop
     if os.environ.get(STOP_AT) == step:
         os.kill(os.getpid(), signal.SIGSTOP)

@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import shutil
 import signal
 import sys
@@ -45,6 +46,8 @@ STATE_DIR = ".train-state"
 _LOCK = "lock"
 _EPOCH = "epoch-{:04d}"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+log = logging.getLogger(__name__)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -262,7 +265,9 @@ def claimed_state(root: Path, key: str) -> Iterator[TrainState | None]:
                 with _locked(other) as unused:
                     if unused:
                         shutil.rmtree(other)
-                        print(f"deleted stale training state {other} (other params, data or code)")
+                        log.info(
+                            "deleted stale training state %s (other params, data or code)", other
+                        )
         yield TrainState(base / key) if got else None
 
 

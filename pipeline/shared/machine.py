@@ -1,4 +1,4 @@
-"""The machine a measurement ran on: speed results are only comparable with it."""
+"""The machine a training or a measurement ran on: speed results are only comparable with it."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ def cpu_model() -> str:
     """The CPU's model name and its key vector extensions, e.g. `AMD EPYC 7B13 (avx2, avx512f)`."""
     key = [f for f in KEY_EXTENSIONS if f in vector_extensions()]
     return f"{_cpuinfo()[0]} ({', '.join(key) or 'no AVX2'})"
+
+
+def trained_on() -> str:
+    """One line for a run's record: `AMD EPYC 7B13 (avx2), 2 CPUs, 23.5 GiB`."""
+    return f"{cpu_model()}, {cpus()} CPUs, {ram_gib()} GiB"
 
 
 def cpus() -> int:
