@@ -73,6 +73,8 @@ def workspace_copy(source: Path, dest: Path) -> dict[str, str]:
         Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "models", home / "models"
     )
     env = dict(os.environ, BENTOML_HOME=str(home), DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    # The stages' `python` is this one (dvc.yaml's commands run `python -m ...` from PATH).
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own mlflow.db
     env.pop("FASHION_MNIST_MONITORING_DIR", None)  # the copy's own monitoring/
     return env

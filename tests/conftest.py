@@ -72,6 +72,30 @@ def set_params(workspace: Path, **overrides: object) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+# What a stock Debian or Ubuntu machine has besides a python3: a shell, make, coreutils, git, curl.
+BASICS = (
+    "bash",
+    "sh",
+    "env",
+    "make",
+    "dirname",
+    "mkdir",
+    "rm",
+    "ln",
+    "cat",
+    "touch",
+    "git",
+    "curl",
+)
+# The features the drift report compares, as its summary names them.
+DRIFT_FEATURES = {
+    "pixel_mean",
+    "pixel_std",
+    "bright_fraction",
+    "log2_aspect",
+    "confidence",
+    "predicted_class",
+}
 SMALL_RUN = {
     "prepare.max_train_samples": 2000,
     "prepare.max_test_samples": 2000,

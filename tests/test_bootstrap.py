@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, base_env
+from conftest import BASICS, REPO, base_env
 
 from harness.servers import free_port
 
@@ -30,21 +30,6 @@ pytestmark = pytest.mark.data
 MAKEFILE = (REPO / "Makefile").read_text()
 UV_VERSION = re.search(r"^UV_VERSION := (\S+)$", MAKEFILE, flags=re.M).group(1)
 PYTHON_VERSION = re.search(r"^PYTHON_VERSION := (\S+)$", MAKEFILE, flags=re.M).group(1)
-# What the bootstrap may use besides a python3: a shell, make, coreutils, git, curl.
-BASICS = (
-    "bash",
-    "sh",
-    "env",
-    "make",
-    "dirname",
-    "mkdir",
-    "rm",
-    "ln",
-    "cat",
-    "touch",
-    "git",
-    "curl",
-)
 # pipeline.core.params, the loader every stage and the service use, imports these.
 SMALL_LOCK = (
     "pyyaml",

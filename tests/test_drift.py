@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BIN, REPO, base_env
+from conftest import BIN, DRIFT_FEATURES, REPO, base_env
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.core.fashion_mnist import CLASS_NAMES
@@ -171,14 +171,7 @@ def test_summary_is_drift_json(toy):
     assert summary["thresholds"] == THRESHOLDS.model_dump()
     assert summary["endpoints"] == {"classify": 120} and summary["classify_inverted_share"] == 0
     assert summary["low_confidence_share"] == {"threshold": 0.5, "reference": 0, "current": 0}
-    assert set(summary["features"]) == {
-        "pixel_mean",
-        "pixel_std",
-        "bright_fraction",
-        "log2_aspect",
-        "confidence",
-        "predicted_class",
-    }
+    assert set(summary["features"]) == DRIFT_FEATURES
     assert summary["features"]["pixel_mean"]["test"] == "ks"
     assert summary["what_moved"] == result.what_moved and len(summary["what_moved"]) == 6
     few = report(records_of(images(3), rng.integers(0, 10, 3))).summary()

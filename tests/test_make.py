@@ -18,27 +18,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import BASICS, REPO
 
 pytestmark = pytest.mark.unit
 
 # What a fresh Debian or Ubuntu machine has: a shell, make, coreutils, git, curl, python3 (no
 # `python`, no uv, no pip module needed).
-FRESH_MACHINE = (
-    "bash",
-    "sh",
-    "env",
-    "make",
-    "dirname",
-    "mkdir",
-    "rm",
-    "ln",
-    "cat",
-    "touch",
-    "git",
-    "curl",
-    "python3",
-)
+FRESH_MACHINE = (*BASICS, "python3")
 SLOW = ("repro", "test", "tour", "setup", "deploy-check")
 TIME = r"\d+ (?:min|s)\b"
 NO_CHAMPION = "no @champion yet: run `make tour` (minutes; a small model) or `make repro`"
