@@ -43,7 +43,7 @@ import yaml
 from harness.models import bento_model
 from harness.photos import photograph
 from harness.results import RESULTS_DIR, Measurement, feedback_rows
-from harness.servers import free_port, start_server, stop
+from harness.servers import free_port, start_server, stop, with_this_python
 from pipeline.core import paths
 from pipeline.shared.dataset import read_idx
 
@@ -72,9 +72,10 @@ def workspace_copy(source: Path, dest: Path) -> dict[str, str]:
     shutil.copytree(
         Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "models", home / "models"
     )
-    env = dict(os.environ, BENTOML_HOME=str(home), DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="2")
     # The stages' `python` is this one (dvc.yaml's commands run `python -m ...` from PATH).
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env = with_this_python(
+        dict(os.environ, BENTOML_HOME=str(home), DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    )
     env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own mlflow.db
     env.pop("FASHION_MNIST_MONITORING_DIR", None)  # the copy's own monitoring/
     return env

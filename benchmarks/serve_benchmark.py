@@ -46,7 +46,7 @@ from harness.load_mix import classify_request, predict_request, sample_images
 from harness.models import bento_model
 from harness.results import RESULTS_DIR, Measurement, runtime_rows, server_rows
 from harness.runtimes import BATCHES, ceilings, runtimes
-from harness.servers import free_port, start_server, stop
+from harness.servers import free_port, start_server, stop, with_this_python
 from pipeline.core import paths
 from pipeline.shared.machine import cpu_model, cpus
 from service import settings
@@ -136,9 +136,10 @@ def main() -> None:
         "test_images": str(args.data) if args.data.exists() else "random pixels",
         "servers": {},
     }
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_TRACKING_URI": tracking_uri()}
-    # `mlflow models serve` starts `uvicorn` from PATH: this interpreter's, even when not activated.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # `mlflow models serve` starts `uvicorn` from PATH: this interpreter's.
+    env = with_this_python(
+        {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_TRACKING_URI": tracking_uri()}
+    )
 
     def measure(server: str, name: str, url: str, request: Request, c: int) -> None:
         answers = asyncio.run(closed_loop(url, [request], c, args.seconds, args.warmup))

@@ -7,12 +7,20 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import psutil
+
+
+def with_this_python(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this interpreter's bin folder first on PATH: commands a child starts by name
+    (`python -m ...` in dvc.yaml, `uvicorn` from `mlflow models serve`) are this environment's,
+    even when it is not activated."""
+    return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
 
 
 def free_port() -> int:

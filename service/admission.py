@@ -64,6 +64,7 @@ class Admission:
         pace = self.pace()
         if pace is None:
             return self.max_requests
+        # - 1e-6: float noise (0.5 s x 20.000001/s) must not round 10 requests up to 11
         return max(self.min_requests, min(self.max_requests, math.ceil(self.target * pace - 1e-6)))
 
     def refuse(self, body_bytes: int) -> Busy | None:
