@@ -1,4 +1,4 @@
-"""The tables of docs/benchmarks.md, generated from the result files in benchmarks/results/.
+"""The tables of docs/benchmarks.md and docs/costs.md, generated from benchmarks/results/.
 
 Each table sits between `<!-- table: NAME -->` and `<!-- /table -->` and is generated from the
 newest run of its benchmark (by finish time) in any result file, or from one file:
@@ -9,7 +9,7 @@ is), when and by which command it was measured, and the file it comes from.
     python benchmarks/tables.py            # rewrite the tables in place
     python benchmarks/tables.py --check    # exit 1 naming each table that differs from its file
 
-Past 300 lines: one short generator per table of docs/benchmarks.md, kept together so that a
+Past 300 lines: one short generator per table of those pages, kept together so that a
 table's layout is found in one file.
 """
 
@@ -35,6 +35,7 @@ from pipeline.shared.machine import KEY_EXTENSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
+DOCS = (DOC, ROOT / "docs" / "costs.md")
 MARKER = re.compile(
     r"(<!-- table: (?P<name>[a-z-]+)(?: from (?P<file>[^ ]+))? -->\n)(?P<body>.*?)(<!-- /table -->)",
     re.DOTALL,
@@ -239,6 +240,36 @@ def deploy_table(section: dict) -> list[str]:
 
 
 # table name -> (benchmark section, generator)
+def duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+def commands_table(section: dict) -> list[str]:
+    """The README's commands from a fresh clone: wall time, and for `make test` the suite's own
+    time and each tier's."""
+    lines = [
+        "| command, fresh clone | commit | in all | the suite | "
+        + " | ".join(TIER_COLUMNS)
+        + " | result |",
+        "|---|---|---:|---:|" + "---:|" * len(TIER_COLUMNS) + "---|",
+    ]
+    for r in section["figures"]["runs"]:
+        suite = r.get("suite", {})
+        tiers = suite.get("tiers", {})
+        cells = [
+            f"{tiers[t]['tests']} tests, {duration(tiers[t]['seconds'])}" if t in tiers else "-"
+            for t in TIER_COLUMNS
+        ]
+        result = r.get("summary") or ("ok" if r["returncode"] == 0 else f"exit {r['returncode']}")
+        lines.append(
+            f"| `{r['command']}` | `{r['commit'][:7]}` | {duration(r['seconds'])} "
+            f"| {duration(suite['seconds']) if suite else '-'} | {' | '.join(cells)} | {result} |"
+        )
+    return lines
+
+
+TIER_COLUMNS = ("unit", "data", "model", "service", "e2e")
 TABLES: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "train": ("train", train_table),
     "serve": ("serve", serve_table),
@@ -249,6 +280,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "upload-memory": ("overload", upload_memory_table),
     "feedback": ("feedback", feedback_table),
     "deploy": ("deploy", deploy_table),
+    "commands": ("commands", commands_table),
 }
 
 
@@ -301,29 +333,36 @@ def stale(text: str, directory: Path = RESULTS_DIR) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if any differs")
-    parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--doc", type=Path, action="append", help=f"default: {DOCS}")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
-    text = args.doc.read_text()
-    if not MARKER.search(text):
-        sys.exit(f"{args.doc}: no <!-- table: NAME --> ... <!-- /table --> block")
-    try:
-        if args.check:
-            if differ := stale(text, args.results):
-                sys.exit(
-                    f"{args.doc}: these tables differ from their result files: "
-                    f"{', '.join(differ)}; run python benchmarks/tables.py"
-                )
-            print(f"{args.doc}: every table matches its result file")
-            return
-        new = render(text, args.results)
-    except TableError as err:
-        sys.exit(f"{args.doc}: {err}")
-    if new != text:
-        args.doc.write_text(new)
-        print(f"rewrote the tables of {args.doc}")
-    else:
-        print(f"{args.doc}: tables already up to date")
+    failed = False
+    for doc in args.doc or DOCS:
+        text = doc.read_text()
+        if not MARKER.search(text):
+            sys.exit(f"{doc}: no <!-- table: NAME --> ... <!-- /table --> block")
+        try:
+            if args.check:
+                if differ := stale(text, args.results):
+                    failed = True
+                    print(
+                        f"{doc}: these tables differ from their result files: "
+                        f"{', '.join(differ)}; run python benchmarks/tables.py",
+                        file=sys.stderr,
+                    )
+                else:
+                    print(f"{doc}: every table matches its result file")
+                continue
+            new = render(text, args.results)
+        except TableError as err:
+            sys.exit(f"{doc}: {err}")
+        if new != text:
+            doc.write_text(new)
+            print(f"rewrote the tables of {doc}")
+        else:
+            print(f"{doc}: tables already up to date")
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """The one format of measured numbers: `benchmarks/results/<YYYY-MM-DD>-<machine>.json`.
 
 A file holds what one machine measured on one day (UTC): `machine` (CPU model, vector extensions,
-CPUs, RAM) and one section per benchmark (`train`, `serve`, `monitoring`, `load`, `deploy`), each with when
+CPUs, RAM) and one section per benchmark (`train`, `serve`, `monitoring`, `load`, `overload`, `feedback`,
+`deploy`, and `commands`: the README's commands from a fresh clone), each with when
 it ran, the 1-minute load average at its start and end (other work competes with it), the command,
 the models it measured (SHA-256 of the model file, and what model that is) and its figures. A
 benchmark run replaces its own section in that day's file for this machine and leaves the others;
 the docs' tables are generated from these files (benchmarks/tables.py).
+
+Past 300 lines: the format, its checks and the table rows that a benchmark prints and
+benchmarks/tables.py writes into the docs, kept in one file so that both print the same rows.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from pipeline.core.params import flatten
 from pipeline.shared.machine import describe, load_average
 
 FORMAT = 1
-SECTIONS = ("train", "serve", "monitoring", "load", "overload", "feedback", "deploy")
+SECTIONS = ("train", "serve", "monitoring", "load", "overload", "feedback", "deploy", "commands")
+# Sections that measure a command from a fresh clone (benchmarks/commands.py), not one model.
+NO_MODEL = ("commands",)
 # Where the benchmarks write, in the checkout the harness is installed from (`pip install -e .`).
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 FILE_PATTERN = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]-*.json"
@@ -112,6 +118,12 @@ class Measurement:
         return record(self.name, section, directory, day=self.started.date().isoformat())
 
 
+def result_path(directory: Path | None, measurement: Measurement) -> Path:
+    """The file `measurement.record` writes: today's for this machine."""
+    day = measurement.started.date().isoformat()
+    return Path(directory or RESULTS_DIR) / f"{day}-{describe()['slug']}.json"
+
+
 def record(name: str, section: dict, directory: Path | None = None, day: str | None = None) -> Path:
     """Replace section `name` of `<directory>/<day>-<machine>.json` (created if missing) with
     `section`, under a lock and by an atomic rename, so that concurrent benchmarks keep both."""
@@ -147,7 +159,7 @@ def problems(data: object) -> list[str]:
     for name in sections:
         section = data[name]
         found += [f"{name} has no {k}" for k in SECTION_FIELDS if k not in section]
-        if not section.get("models"):
+        if not section.get("models") and name not in NO_MODEL:
             found.append(f"{name} names no model")
         for i, model in enumerate(section.get("models", [])):
             found += [f"{name}.models[{i}] has no {k}" for k in MODEL_FIELDS if not model.get(k)]
@@ -259,13 +271,27 @@ def upload_memory_rows(runs: Mapping) -> list[str]:
     return lines
 
 
+def gate_cell(gate: Mapping) -> str:
+    """`promoted: 0.9513 vs 0.9508; 0.680 vs 0.144 (194 images)`: what the gate compared."""
+
+    def pair(part: Mapping | None, digits: int) -> str:
+        if not part or part.get("candidate") is None or part.get("champion") is None:
+            return "-"
+        return f"{part['candidate']:.{digits}f} vs {part['champion']:.{digits}f}"
+
+    scores = gate.get("scores") or {}
+    fb = scores.get("feedback")
+    slice_ = f"{pair(fb, 3)} ({fb['samples']} images)" if fb and fb.get("samples") else "-"
+    return f"{gate['decision']}: {pair(scores.get('validation'), 4)}; {slice_}"
+
+
 def feedback_rows(runs: Sequence[Mapping]) -> list[str]:
     """The feedback-loop benchmark's Markdown table: per number of corrections and way of
     retraining, the accuracy on the held-out shifted stream and on the original test half before
     and after, what the gate decided, and what the retraining cost."""
     lines = [
         "| corrections | retrain | shifted stream before -> after | original test before -> after "
-        "| gate | dvc repro s |",
+        "| gate: validation, feedback slice (candidate vs champion) | dvc repro s |",
         "|---:|---|---|---|---|---:|",
     ]
     for r in runs:
@@ -276,6 +302,6 @@ def feedback_rows(runs: Sequence[Mapping]) -> list[str]:
             f"| {r['corrections']:,} | {'fine-tune' if r['init'] == 'champion' else 'scratch'} "
             f"| {before['shifted_accuracy']:.4f} -> {after['shifted_accuracy']:.4f} ({gain:+.1f} pt) "
             f"| {before['original_accuracy']:.4f} -> {after['original_accuracy']:.4f} "
-            f"({drop:+.2f} pt) | {r['gate']['decision']} | {r['repro_seconds']:,.0f} |"
+            f"({drop:+.2f} pt) | {gate_cell(r['gate'])} | {r['repro_seconds']:,.0f} |"
         )
     return lines

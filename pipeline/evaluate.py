@@ -185,6 +185,9 @@ def log_feedback_input(split: Split, arrays: dict[str, np.ndarray], path: Path) 
         "feedback_slice_images": str(len(split)),
     }
     mlflow.log_input(dataset, context="feedback", tags=tags)
+    if len(split):
+        # register's candidates when the slice is not empty: the runs scored on this very slice.
+        mlflow.set_tag("feedback_data_hash", content_hash(split))
 
 
 class ModelMismatch(RuntimeError):

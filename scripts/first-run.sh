@@ -52,7 +52,7 @@ from pipeline.core.record_files import record_files
 directory = os.environ.get("FASHION_MNIST_MONITORING_DIR") or load_params().serve.monitoring.records_dir
 if directory and not (Path(directory).is_dir() and record_files(Path(directory))):
     print(f"make {sys.argv[1]}: no prediction records in {directory}/ yet: run `make serve` and "
-          'send it images first (README, "A few-minutes tour"); without them the report says '
+          'send it images first (README, "Try it in a few minutes"); without them the report says '
           "insufficient data")
 PY
       ;;

@@ -1,5 +1,5 @@
 """Measured numbers live in committed result files (benchmarks/results/<date>-<machine>.json,
-harness/results.py) and docs/benchmarks.md's tables are generated from them (benchmarks/tables.py):
+harness/results.py) and the tables of docs/benchmarks.md and docs/costs.md are generated from them (benchmarks/tables.py):
 every file names its machine and models, and a table that differs from its file fails here."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from benchmarks.tables import DOC, MARKER, TableError, render, stale
+from benchmarks.tables import DOCS, MARKER, TableError, render, stale
 from harness.results import RESULTS_DIR, Measurement, ResultError, read, record, result_files
 
 pytestmark = pytest.mark.unit
@@ -33,10 +33,11 @@ def test_every_result_file_names_its_machine_and_models(path: Path):
             assert len(model["sha256"]) == 64 and model["what"], (name, model)
 
 
-def test_the_docs_tables_are_generated_from_the_result_files():
-    text = DOC.read_text()
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_the_docs_tables_are_generated_from_the_result_files(doc: Path):
+    text = doc.read_text()
     names = [m["name"] for m in MARKER.finditer(text)]
-    assert names, f"{DOC} has no generated table"
+    assert names, f"{doc} has no generated table"
     assert stale(text) == [], "run python benchmarks/tables.py"
 
 

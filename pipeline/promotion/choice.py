@@ -4,7 +4,8 @@ Validation data and the feedback slice only; test accuracy is carried along and 
 compared. Candidates are the finished, evaluated runs validated on the current validation split
 (tag `val_data_hash`): accuracies measured on other data are not comparable. The best has the
 highest `best_val_accuracy`, the oldest first on ties; runs a rollback took `@champion` from are
-passed over (the caller names them). The gate has two sides, each a pure function: `decide` on
+passed over (the caller names them); when the feedback slice is not empty, runs evaluated on it
+come first (`best_run`). The gate has two sides, each a pure function: `decide` on
 validation accuracy, `decide_feedback` on the feedback slice (the corrections people sent, held
 out of training), where both models are measured the same way (judge.py).
 """
@@ -85,15 +86,39 @@ def best_run(
     experiment_id: str,
     val_data_hash: str,
     barred: frozenset[str] = frozenset(),
+    feedback_data_hash: str | None = None,
 ) -> tuple[Run | None, list[Run]]:
     """The finished, evaluated run with the highest validation accuracy on this validation data
-    whose id is not in `barred`, and the barred runs that rank above it (best first)."""
+    whose id is not in `barred`, and the barred runs that rank above it (best first).
+
+    With `feedback_data_hash` (a non-empty feedback slice), the runs evaluated on that slice
+    compete, if there is one: they were trained once the corrections in it existed, and the
+    champion they face (trained before, so not among them) is measured on the slice by the gate.
+    Otherwise a retraining on corrections that costs a little validation accuracy, within
+    max_regression, would never be judged: the champion's own run would rank first."""
+    query = (
+        "metrics.best_val_accuracy >= 0 and metrics.test_accuracy >= 0 "
+        f"and tags.val_data_hash = '{val_data_hash}' and attributes.status = 'FINISHED'"
+    )
+    if feedback_data_hash:
+        found = _best(
+            client, experiment_id, barred, f"{query} and {FEEDBACK_TAG} = '{feedback_data_hash}'"
+        )
+        if found != (None, []):
+            return found
+    return _best(client, experiment_id, barred, query)
+
+
+# The tag `evaluate` sets on a run it scored on a non-empty feedback slice: the slice's content hash.
+FEEDBACK_TAG = "tags.feedback_data_hash"
+
+
+def _best(
+    client: MlflowClient, experiment_id: str, barred: frozenset[str], query: str
+) -> tuple[Run | None, list[Run]]:
     runs = client.search_runs(
         [experiment_id],
-        filter_string=(
-            "metrics.best_val_accuracy >= 0 and metrics.test_accuracy >= 0 "
-            f"and tags.val_data_hash = '{val_data_hash}' and attributes.status = 'FINISHED'"
-        ),
+        filter_string=query,
         order_by=["metrics.best_val_accuracy DESC", "attributes.start_time ASC"],
         max_results=len(barred) + 1,  # at least one of them is not barred, if there is one
     )

@@ -127,8 +127,9 @@ class Judge:
         version = current_champion(self.client, name)
         champion = champion_summary(self.client, version) if version else None
         barred = self.barred_runs(champion)
+        slice_hash = content_hash(self.feedback.split) if len(self.feedback.split) else None
         best, passed_over = best_run(
-            self.client, self.experiment_id, val_data_hash, frozenset(barred)
+            self.client, self.experiment_id, val_data_hash, frozenset(barred), slice_hash
         )
         if best is None:
             raise RegisterError(

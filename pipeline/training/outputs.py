@@ -12,6 +12,7 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,10 @@ from pipeline.shared.dataset import Split, write_atomically
 from pipeline.shared.tracking import download_keras_file, log_split
 from pipeline.training.fit import best_epoch_metrics
 from pipeline.training.resume import Saved
+
+# What the logged model needs to load: the pins MLflow would otherwise infer by loading the model in
+# a child process (another TensorFlow import, tens of seconds per run on a 2-CPU machine).
+MODEL_REQUIREMENTS = ("mlflow", "keras", "numpy", "tensorflow")
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,10 @@ def _log_model_and_history(fitted: Fitted, val: Split, out: TrainOutputs) -> str
     # A direct call, not predict(): under multi_worker, predict() would wait for the other workers.
     predicted = keras.ops.convert_to_numpy(fitted.model(sample, training=False))
     signature = infer_signature(sample, predicted)
-    info = mlflow.keras.log_model(fitted.model, name="model", signature=signature)
+    pins = [f"{name}=={version(name)}" for name in MODEL_REQUIREMENTS]
+    info = mlflow.keras.log_model(
+        fitted.model, name="model", signature=signature, pip_requirements=pins
+    )
     with tempfile.TemporaryDirectory(prefix="train-") as tmp:
         # The DVC output is the logged file itself, so one SHA-256 names the model everywhere.
         logged = download_keras_file(info.model_uri, Path(tmp))
