@@ -1,4 +1,5 @@
-"""Fixtures for the register and service tests, on top of conftest's `pipeline_run`.
+"""Fixtures for the register and service tests, on top of conftest's `pipeline_run`, and the
+service's HTTP calls they share.
 
 A test module loads them with `pytest_plugins = ["service_fixtures"]`.
 `champion` runs the register stage in the pipeline workspace unless `dvc repro` already did;
@@ -7,6 +8,7 @@ A test module loads them with `pytest_plugins = ["service_fixtures"]`.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 from conftest import BIN, free_port, run, start_server, stop
+from PIL import Image
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +72,34 @@ def test_images(pipeline_run: Path) -> tuple[np.ndarray, np.ndarray]:
 def evaluated(pipeline_run: Path) -> pd.DataFrame:
     """The evaluate stage's per-image predictions, indexed by test image."""
     return pd.read_csv(pipeline_run / "reports" / "eval" / "predictions.csv").set_index("index")
+
+
+# Requests to a served model, and its answers checked against the evaluate stage's
+# (tests/test_service.py, tests/test_bento_build.py).
+CONFIDENCE_TOLERANCE = 1e-4
+
+
+def encode(pixels: np.ndarray | Image.Image, fmt: str, **options: object) -> bytes:
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    buf = io.BytesIO()
+    image.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def post_predict(url: str, images: np.ndarray | list, **kw: object) -> requests.Response:
+    payload = {"images": images.tolist() if isinstance(images, np.ndarray) else images}
+    return requests.post(f"{url}/predict", json=payload, timeout=60, **kw)
+
+
+def post_image(
+    url: str, data: bytes, name: str = "item.png", ctype: str = "image/png", **form: str
+):
+    return requests.post(
+        f"{url}/classify", files={"image": (name, data, ctype)}, data=form, timeout=60
+    )
+
+
+def assert_matches_evaluate(preds: list[dict], evaluated, indices) -> None:
+    for pred, i in zip(preds, indices, strict=True):
+        assert pred["class_id"] == evaluated.loc[i, "predicted_id"], f"test image {i}"
+        assert abs(pred["confidence"] - evaluated.loc[i, "confidence"]) < CONFIDENCE_TOLERANCE

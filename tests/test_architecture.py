@@ -1,69 +1,21 @@
-"""The layer shape table: floor((n + 2p - f) / s) + 1 checked against Keras's own shapes."""
+"""The layer shape table checked against Keras's own shapes, and the built model: probabilities,
+test-time flip. The table's formula and text on fixed cases: tests/test_layer_table.py."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
+from conv_blocks import conv_block
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.architecture import layer_table, output_size
+from pipeline.core.architecture import layer_table
 from pipeline.core.params import ConvBlock, DenseLayer, ModelParams, PoolParams
-from pipeline.reporting.flops import format_table, forward_flops
 from pipeline.shared.keras_runtime import Classifier
 from pipeline.training.model import build_model, network, spatial_sizes, with_test_time_flip
 
 pytestmark = pytest.mark.model
-
-
-def conv_block(**settings: object) -> ConvBlock:
-    """A 4-filter 3x3 conv + 2/2 max pool block, with the given settings."""
-    base = {
-        "filters": 4,
-        "kernel_size": 3,
-        "activation": "relu",
-        "pool": PoolParams(size=2, strides=2),
-    }
-    return ConvBlock(**base, **settings)
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize(
-    ("n", "f", "s", "padding", "expected"),
-    [
-        (28, 3, 1, "valid", 26),  # (28 - 3) / 1 + 1
-        (28, 3, 1, "same", 28),  # p = 1
-        (28, 5, 2, "valid", 12),  # floor(23 / 2) + 1
-        (28, 3, 2, "same", 14),  # ceil(28 / 2): total padding 1 (p = 0.5)
-        (7, 2, 2, "valid", 3),  # max pooling 7 -> 3 drops the last row/column
-        (3, 5, 1, "valid", -1),  # does not fit
-    ],
-)
-def test_output_size_formula(n, f, s, padding, expected):
-    assert output_size(n, f, s, padding) == expected
-
-
-@pytest.mark.unit
-def test_table_rows_and_text():
-    rows = layer_table(28, [conv_block(strides=2, padding="same", batch_norm=False, dropout=0.0)])
-    assert [(r.layer, r.n_in, r.p, r.n_out) for r in rows] == [
-        ("conv_0", 28, 0.5, 14),
-        ("pool_0", 14, 0.0, 7),
-    ]
-    text = format_table(rows)
-    assert "floor((28 + 2*0.5 - 3) / 2) + 1 = 14" in text
-    assert text.endswith("flatten: 7 x 7 x 4 = 196 features")
-    # 14x14 outputs, each 3x3 taps x 1 input channel x 4 filters multiply-adds; then dense to 10.
-    flops = forward_flops(
-        28, [conv_block(strides=2, padding="same", batch_norm=False, dropout=0.0)], [], 10
-    )
-    assert flops == {"conv_0": 2 * 14 * 14 * 9 * 1 * 4, "probabilities": 2 * 196 * 10}
-    costed = format_table(rows, flops)
-    assert "0.01  floor((28 + 2*0.5 - 3) / 2) + 1 = 14" in costed
-    assert costed.endswith(
-        "forward pass: 0.0 MFLOPs per image (conv and dense layers; training takes about 3x that per image)"
-    )
 
 
 blocks = st.builds(

@@ -16,7 +16,7 @@ from pipeline.shared.dataset import (
     save_split,
 )
 
-pytestmark = [pytest.mark.unit, pytest.mark.data]
+pytestmark = pytest.mark.unit
 
 
 def test_decode_images_and_labels():

@@ -1,7 +1,6 @@
-"""service/explain.py on tiny arrays, and the explainer's layer geometry read from Keras layers.
+"""service/explain.py on tiny arrays, without TensorFlow.
 
-The service side runs without TensorFlow; the geometry test builds (does not train) small Keras
-models with other params than params.yaml, as a champion trained on other params would be.
+The explainer's layer geometry read from Keras layers: tests/test_explain_layers.py.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.core.architecture import layer_table
 from service.explain import (
     diverging_rgb,
     filters_view,
@@ -25,6 +23,8 @@ from service.explain import (
     tile_grid,
 )
 from service.schemas import Grid
+
+pytestmark = pytest.mark.unit
 
 
 def decode(url: str) -> np.ndarray:
@@ -45,7 +45,6 @@ def tiles_of(image: np.ndarray, grid: Grid, channels: int) -> np.ndarray:
     )
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize(
     ("channels", "cols"),
     [(1, 1), (2, 2), (6, 6), (8, 4), (32, 8), (64, 16), (128, 16), (7, 4), (10, 5)],
@@ -54,7 +53,6 @@ def test_grid_columns_are_about_twice_the_rows(channels, cols):
     assert grid_columns(channels) == cols
 
 
-@pytest.mark.unit
 def test_scale_maps_maps_each_channel_from_its_own_range():
     maps = np.zeros((2, 2, 3), np.float32)
     maps[..., 0] = [[0, 1], [2, 4]]  # 0..4
@@ -68,7 +66,6 @@ def test_scale_maps_maps_each_channel_from_its_own_range():
     assert low.tolist() == [0, 5, -1] and high.tolist() == [4, 5, 1]
 
 
-@pytest.mark.unit
 def test_tile_grid_places_channel_k_at_row_k_div_cols():
     tiles = np.arange(2 * 3 * 5, dtype=np.uint8).reshape(2, 3, 5)  # five 2x3 tiles
     grid = tile_grid(tiles, cols=2, gap=1, fill=99)
@@ -80,7 +77,6 @@ def test_tile_grid_places_channel_k_at_row_k_div_cols():
     assert (grid[6:, 4:] == 99).all()  # the empty sixth cell
 
 
-@pytest.mark.unit
 def test_diverging_colours_blue_white_red():
     rgb = diverging_rgb(np.array([-2.0, -1.0, 0.0, 0.5, 1.0]), scale=1.0)
     assert rgb[0].tolist() == rgb[1].tolist() == [33, 102, 172]  # clipped at -scale
@@ -89,7 +85,6 @@ def test_diverging_colours_blue_white_red():
     assert rgb[3].tolist() == [round((255 + 178) / 2), round((255 + 24) / 2), 149]
 
 
-@pytest.mark.unit
 def test_png_data_url_round_trips():
     image = np.random.default_rng(0).integers(0, 256, (5, 7), dtype=np.uint8)
     np.testing.assert_array_equal(decode(png_data_url(image)), image)
@@ -97,14 +92,12 @@ def test_png_data_url_round_trips():
     np.testing.assert_array_equal(decode(png_data_url(rgb)), rgb)
 
 
-@pytest.mark.unit
 def test_formula_matches_the_layer_table():
     assert formula(28, 3, 1.0, 1, 28) == "floor((28 + 2*1 - 3) / 1) + 1 = 28"
     assert formula(7, 2, 0.0, 2, 3) == "floor((7 + 2*0 - 2) / 2) + 1 = 3"
     assert formula(28, 4, 1.5, 2, 14) == "floor((28 + 2*1.5 - 4) / 2) + 1 = 14"
 
 
-@pytest.mark.unit
 def test_layer_activations_can_be_read_back():
     """A client recovers every activation from the PNG grid and the reported low/high."""
     rng = np.random.default_rng(2)
@@ -132,7 +125,6 @@ def test_layer_activations_can_be_read_back():
     assert (tiles[..., 5] == 0).all() and high[5] == 0
 
 
-@pytest.mark.unit
 def test_filters_view_keeps_kernel_order_and_sign():
     kernels = np.zeros((3, 3, 4))
     kernels[0, 0, 1] = 2.0  # filter 1: one strong positive weight
@@ -145,44 +137,6 @@ def test_filters_view_keeps_kernel_order_and_sign():
     assert tiles[3][2, 2].tolist() == [144, 178, 214]  # -scale/2: halfway to blue
 
 
-def conv(filters: int, f: int, s: int, padding: str, batch_norm: bool, pool=None) -> dict:
-    """One of params `model.conv_blocks` (pool: {"size", "strides"} or None)."""
-    block = {"filters": filters, "kernel_size": f, "strides": s, "padding": padding}
-    return block | {"batch_norm": batch_norm, "pool": pool}
-
-
-@pytest.mark.model
-@pytest.mark.parametrize(
-    "blocks",
-    [
-        # params.yaml's own shape: same padding, 2x2 pools
-        [conv(4, 3, 1, "same", True, {"size": 2, "strides": 2}), conv(6, 3, 1, "same", True)],
-        # another champion's: a strided 'same' conv (odd total padding, p = 0.5), valid padding,
-        # no batch norm, an overlapping 3x3 pool with stride 2
-        [conv(3, 4, 2, "same", False), conv(5, 5, 1, "valid", False, {"size": 3, "strides": 2})],
-    ],
-)
-def test_explained_layers_come_from_the_keras_model(blocks):
-    from pipeline.core.params import ModelParams
-    from pipeline.promotion.export import explained_layers
-    from pipeline.training.model import build_model
-
-    params = ModelParams(
-        conv_blocks=[{"activation": "relu", "dropout": 0.0, **b} for b in blocks],
-        dense=[{"units": 8, "dropout": 0.0}],
-        test_time_flip=False,
-    )
-    rows = explained_layers(build_model(params))
-    expected = [r.as_dict() for r in layer_table(28, params.conv_blocks)]
-    assert [{k: v for k, v in r.items() if k != "output"} for r in rows] == expected
-    # A conv is shown after what follows it (batch norm, activation): what the next layer sees.
-    assert [r["output"] for r in rows if r["kind"] == "conv"] == [
-        f"act_{i}" for i in range(len(blocks))
-    ]
-    assert all(r["output"] == r["layer"] for r in rows if r["kind"] == "pool")
-
-
-@pytest.mark.unit
 def test_a_model_without_explainer_answers_503():
     """A champion promoted before register exported explainers: served, /explain refused."""
     import asyncio

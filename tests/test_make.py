@@ -177,7 +177,9 @@ def test_setup_syncs_the_lock_it_is_given(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert re.search(
-        rf"uv pip sync --python {venv}/bin/python requirements-gpu.lock$", done.stdout, flags=re.M
+        rf"uv pip sync --compile-bytecode --python {venv}/bin/python requirements-gpu.lock$",
+        done.stdout,
+        flags=re.M,
     ), done.stdout
 
 

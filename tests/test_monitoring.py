@@ -1,10 +1,14 @@
 """Monitoring: the service's prediction records and /metrics, and the drift report built on them.
 
-Unit tests check the pure parts on tiny arrays (the drift report's: tests/test_drift.py). The
-service tests send real requests to the session's `bentoml serve` (two workers) in three windows:
-300 test images, the same kind of images rotated 90 degrees, then inverted; each window's /metrics
-counters must grow by exactly the answers given, and the report command, run on each window, must
-say not drifted, then drifted naming what moved.
+The service tests send real requests to the session's `bentoml serve` (two workers) in three
+windows: 300 test images, the same kind of images rotated 90 degrees, then inverted; each window's
+/metrics counters must grow by exactly the answers given, and the report command, run on each
+window, must say not drifted, then drifted naming what moved. A real Prometheus scrapes the
+service with the shipped config and evaluates every alert rule and dashboard query.
+
+The pure parts are unit-tested on tiny arrays: the records and the recorder in
+tests/test_prediction_records.py, the alert rules and the dashboard in tests/test_alert_rules.py,
+the drift report in tests/test_drift.py.
 """
 
 from __future__ import annotations
@@ -20,162 +24,23 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import requests
 import yaml
 from conftest import BIN, DRIFT_FEATURES, REPO, base_env, free_port, run, start_server, stop
+from monitoring_config import PROMETHEUS, alert_rules, dashboard_queries
 from PIL import Image
-from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.core.fashion_mnist import CLASS_NAMES
-from pipeline.core.prediction_log import (
-    FIELDS,
-    format_time,
-    image_features,
-    read_records,
-    record_lines,
-)
-from pipeline.core.record_files import RecordLimits
+from pipeline.core.prediction_log import read_records
 from pipeline.monitor.metrics import write_metrics
 
 pytest_plugins = ["service_fixtures"]  # service_url, test_images, champion
+pytestmark = pytest.mark.service
 
-ROOMY = RecordLimits(max_bytes=10**9, retention_seconds=86_400, part_bytes=10**8)
 UTC = dt.UTC
-
-
-def tall_bar() -> np.ndarray:
-    image = np.zeros((28, 28), np.uint8)
-    image[2:26, 12:16] = 200  # 24 rows x 4 columns
-    return image
-
-
-@pytest.mark.unit
-def test_image_features_describe_brightness_and_shape():
-    bar = tall_bar()
-    f = image_features(np.stack([np.zeros_like(bar), bar, np.rot90(bar), 255 - bar]))
-    assert f["pixel_mean"][0] == f["pixel_std"][0] == f["log2_aspect"][0] == 0  # blank
-    assert f["bright_fraction"][1] == pytest.approx(24 * 4 / 784)
-    assert f["log2_aspect"][1] > 2  # 24 rows tall, 4 columns wide
-    assert f["log2_aspect"][2] == pytest.approx(-f["log2_aspect"][1])  # rotated: as wide
-    assert f["pixel_mean"][3] == pytest.approx(255 - f["pixel_mean"][1])  # inverted
-    assert f["pixel_std"][3] == pytest.approx(f["pixel_std"][1])  # ... same contrast
-
-
-def fake_records(pixels: np.ndarray, class_ids: np.ndarray, start: float = 1.8e9) -> list[dict]:
-    text = record_lines(
-        times=[start + i for i in range(len(pixels))],
-        endpoints=["predict"] * len(pixels),
-        inverted=[False] * len(pixels),
-        pixels=pixels,
-        class_ids=class_ids.tolist(),
-        class_names=[CLASS_NAMES[i] for i in class_ids],
-        confidences=[0.9] * len(pixels),
-        model_version="3",
-        bento_model="fashion-mnist-cnn:abc",
-    )
-    return [json.loads(line) for line in text.splitlines()]
-
-
-@pytest.mark.unit
-def test_records_are_read_back_by_window(tmp_path):
-    pixels = np.stack([tall_bar()] * 4)
-    start = dt.datetime(2026, 11, 26, 23, 59, 58, tzinfo=UTC).timestamp()
-    records = fake_records(pixels, np.array([1, 1, 3, 9]), start)
-    assert list(records[0]) == list(FIELDS)
-    assert records[0]["time"] == "2026-11-26T23:59:58.000Z"
-    lines = [json.dumps(r) for r in records]
-    (tmp_path / "predictions-2026-11-26-host-1.jsonl").write_text("\n".join(lines[:2]) + "\n")
-    # the next day's file of another process, with a line cut short by a crash
-    (tmp_path / "predictions-2026-11-27-host-2.jsonl").write_text(
-        "\n".join(lines[2:]) + '\n{"time": "2026-11-2'
-    )
-    t = dt.datetime.fromtimestamp
-    everything, bad = read_records(tmp_path, t(start - 1, UTC), t(start + 10, UTC))
-    assert [r["class_id"] for r in everything] == [1, 1, 3, 9] and bad == 1
-    window, _ = read_records(tmp_path, t(start + 1, UTC), t(start + 3, UTC))
-    assert [r["time"] for r in window] == [format_time(start + 1), format_time(start + 2)]
-    assert read_records(tmp_path, t(start + 86400 * 3, UTC), t(start + 86400 * 4, UTC))[0] == []
-
-
-@pytest.mark.unit
-def test_recorder_writes_its_own_file_and_drops_rather_than_block(tmp_path):
-    from service.monitoring import PredictionRecorder
-
-    def value(name: str, **labels: str) -> float:
-        return REGISTRY.get_sample_value(name, labels) or 0.0
-
-    low = value("fashion_low_confidence_predictions_total", endpoint="predict")
-    dropped = value("fashion_prediction_records_dropped_total", reason="queue_full")
-    trousers = value("fashion_predictions_total", class_name="Trouser", endpoint="predict")
-    recorder = PredictionRecorder(
-        tmp_path, "3", "m:1", 0.5, queue_size=2, limits=ROOMY, flush_seconds=3600
-    )
-    answers = [SimpleNamespace(class_id=1, class_name="Trouser", confidence=c) for c in (0.4, 0.9)]
-    two = np.stack([tall_bar(), 255 - tall_bar()])
-    recorder.record("predict", two, answers)
-    recorder.record("predict", two[:1], answers[:1])
-    recorder.record("predict", two, answers)  # the queue holds 2 requests: dropped, counted
-    recorder.close()  # writes what was queued
-    (path,) = tmp_path.iterdir()
-    assert path.name.endswith(f"-{os.getpid()}.jsonl")
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [r["confidence"] for r in lines] == [0.4, 0.9, 0.4]
-    assert lines[1]["pixel_mean"] == pytest.approx(255 - lines[0]["pixel_mean"], abs=0.01)
-    assert value("fashion_prediction_records_dropped_total", reason="queue_full") == dropped + 2
-    assert value("fashion_low_confidence_predictions_total", endpoint="predict") == low + 2
-    assert (
-        value("fashion_predictions_total", class_name="Trouser", endpoint="predict") == trousers + 3
-    )
-
-
-@pytest.mark.unit
-def test_monitoring_disabled_records_and_counts_nothing(tmp_path, monkeypatch):
-    import yaml
-
-    from service import monitoring, settings
-
-    raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
-    raw["serve"]["monitoring"]["enabled"] = False
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    monkeypatch.setenv("FASHION_MNIST_PARAMS", str(tmp_path / "params.yaml"))
-    monkeypatch.setenv("FASHION_MNIST_MONITORING_DIR", str(tmp_path / "records"))
-    settings.serve_params.cache_clear()
-    try:
-        recorder = monitoring.recorder("3", "m:1")
-        labels = {"class_name": "Trouser", "endpoint": "predict"}
-        before = REGISTRY.get_sample_value("fashion_predictions_total", labels) or 0.0
-        answer = SimpleNamespace(class_id=1, class_name="Trouser", confidence=0.9)
-        recorder.record("predict", tall_bar()[None], [answer])
-        assert isinstance(recorder, monitoring.NoRecorder)
-        assert not (tmp_path / "records").exists()
-        assert (REGISTRY.get_sample_value("fashion_predictions_total", labels) or 0.0) == before
-    finally:
-        settings.serve_params.cache_clear()
-
-
-@pytest.mark.unit
-def test_recorder_survives_an_unwritable_directory(tmp_path):
-    from service.monitoring import PredictionRecorder
-
-    (tmp_path / "file").write_text("not a directory")
-    recorder = PredictionRecorder(tmp_path / "file" / "records", "3", "m:1", 0.5, 10, ROOMY, 3600)
-    before = REGISTRY.get_sample_value(
-        "fashion_prediction_records_dropped_total", {"reason": "write_error"}
-    )
-    answer = SimpleNamespace(class_id=1, class_name="Trouser", confidence=0.9)
-    recorder.record("predict", tall_bar()[None], [answer])
-    recorder.flush()
-    assert recorder._thread.is_alive()
-    recorder.close()
-    after = REGISTRY.get_sample_value(
-        "fashion_prediction_records_dropped_total", {"reason": "write_error"}
-    )
-    assert after == (before or 0) + 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +130,6 @@ def drift_report(workspace: Path, env: dict, window: dict, out: Path, *extra: st
     return subprocess.run(cmd, cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.service
 def test_metrics_count_every_answer_by_class(windows):
     for name, window in windows.items():
         assert sum(window["answers"].values()) == 300
@@ -273,7 +137,6 @@ def test_metrics_count_every_answer_by_class(windows):
     assert {endpoint for _, endpoint in windows["test"]["answers"]} == {"predict", "classify"}
 
 
-@pytest.mark.service
 def test_each_worker_records_to_its_own_file(windows, pipeline_run, champion):
     directory = pipeline_run / "monitoring"  # serve.monitoring.records_dir, relative to the server
     files = sorted(directory.glob("predictions-*.jsonl"))
@@ -288,7 +151,6 @@ def test_each_worker_records_to_its_own_file(windows, pipeline_run, champion):
     assert len(classified) == 75 and not any(r["inverted"] for r in classified)
 
 
-@pytest.mark.service
 def test_report_on_test_images_is_not_drifted(windows, pipeline_run, pipeline_env):
     """`make monitor`, the operator's command, on the window of 300 test images."""
     test = windows["test"]
@@ -321,7 +183,6 @@ def drift_metrics(path: Path) -> dict[str, float]:
     return {sample.name: sample.value for family in families for sample in family.samples}
 
 
-@pytest.mark.service
 def test_report_on_rotated_images_names_the_shape(windows, pipeline_run, pipeline_env, tmp_path):
     proc = drift_report(pipeline_run, pipeline_env, windows["rotated"], tmp_path, "--fail-on-drift")
     assert proc.returncode == 1, proc.stderr[-3000:]  # --fail-on-drift: for cron jobs
@@ -334,7 +195,6 @@ def test_report_on_rotated_images_names_the_shape(windows, pipeline_run, pipelin
     assert drift_metrics(tmp_path / "drift.prom")["fashion_drift_detected"] == 1
 
 
-@pytest.mark.service
 def test_report_on_inverted_images_names_the_brightness(
     windows, pipeline_run, pipeline_env, tmp_path
 ):
@@ -358,7 +218,6 @@ def records_size(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.glob("predictions-*.jsonl"))
 
 
-@pytest.mark.service
 def test_metrics_give_the_records_disk_once_not_per_worker(windows, service_url, pipeline_run):
     """Both workers measure the same directory: /metrics shows the latest measurement, not the
     sum of two (which would be twice the directory's size and twice the filesystem's)."""
@@ -388,7 +247,6 @@ def test_metrics_give_the_records_disk_once_not_per_worker(windows, service_url,
 BYTES_PER_RECORD = re.compile(r"(\d[\d,]*) bytes per record\b")
 
 
-@pytest.mark.service
 def test_records_take_the_bytes_the_docs_and_the_volume_say(windows, pipeline_run):
     """The figure the cap, the volume and the docs are sized by (docs/monitoring.md, the PVC's
     comment, params.yaml) against what the real service wrote for the windows' test images."""
@@ -413,82 +271,11 @@ def test_records_take_the_bytes_the_docs_and_the_volume_say(windows, pipeline_ru
     assert abs(mean - figure) <= 0.1 * figure, f"records take {mean:.0f} bytes, docs say {figure}"
 
 
-# deploy/prometheus/: the alert rules (unit-tested with promtool) and the scrape config, run by a
-# real Prometheus (Debian's package: `make system-test`) against the session's `bentoml serve`.
-PROMETHEUS = REPO / "deploy" / "prometheus"
+# deploy/prometheus/'s scrape config and alert rules (tests/test_alert_rules.py checks them with
+# promtool), run by a real Prometheus (Debian's package: `make system-test`) against the session's
+# `bentoml serve`.
 
 
-def promtool(*args: str) -> subprocess.CompletedProcess:
-    binary = shutil.which("promtool")
-    assert binary, "promtool not found: `make system-test` installs Debian's prometheus package"
-    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=120)
-
-
-def alert_rules() -> dict[str, dict]:
-    groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
-    return {rule["alert"]: rule for group in groups for rule in group["rules"]}
-
-
-def dashboard_queries() -> list[str]:
-    dashboard = json.loads((REPO / "deploy" / "grafana" / "fashion-classifier.json").read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-
-
-@pytest.mark.unit
-def test_the_dashboard_is_provisionable_and_covers_the_alerts():
-    """Grafana is not installable here: its queries are evaluated by the real Prometheus below."""
-    dashboard = json.loads((REPO / "deploy" / "grafana" / "fashion-classifier.json").read_text())
-    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 36
-    (variable,) = dashboard["templating"]["list"]
-    assert (variable["type"], variable["query"]) == ("datasource", "prometheus")
-    ids = [panel["id"] for panel in dashboard["panels"]]
-    assert len(ids) == len(set(ids))
-    for panel in dashboard["panels"]:
-        assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel["title"]
-    queries = " ".join(dashboard_queries())
-    for series in (
-        "bentoml_service_request_total",
-        "bentoml_service_request_duration_seconds",
-        "fashion_predictions_total",
-        "fashion_prediction_confidence_bucket",
-        "fashion_low_confidence_predictions_total",
-        "fashion_drift_detected",
-        "fashion_prediction_records_dropped_total",
-        "fashion_prediction_records_bytes",
-        "fashion_prediction_records_max_bytes",
-        "fashion_prediction_records_filesystem_free_bytes",
-        "fashion_prediction_records_removed_bytes_total",
-        "fashion_feedback_corrections_total",
-        "fashion_feedback_refused_total",
-        "fashion_requests_shed_total",
-        "fashion_requests_in_flight",
-    ):
-        assert series in queries, series
-
-
-@pytest.mark.unit
-def test_every_alert_fires_on_its_case_and_stays_silent_on_normal_traffic():
-    checked = promtool("check", "rules", str(PROMETHEUS / "alerts.yml"))
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    tested = promtool("test", "rules", str(PROMETHEUS / "alerts_test.yml"))
-    assert tested.returncode == 0, tested.stdout + tested.stderr
-    # ...and the tests cover every alert both ways, with a `for:` on all but the records counter.
-    cases = [
-        (test["name"], case["alertname"], bool(case["exp_alerts"]))
-        for test in yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
-        for case in test["alert_rule_test"]
-    ]
-    rules = alert_rules()
-    assert {name for _, name, fires in cases if fires} == set(rules)
-    assert {name for test, name, fires in cases if test.startswith("normal") and not fires} == set(
-        rules
-    )
-    for name, rule in rules.items():
-        assert rule["labels"]["severity"] in ("warning", "critical"), name
-        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
-
-
-@pytest.mark.service
 def test_prometheus_scrapes_the_service_and_evaluates_every_rule(
     service_url, test_images, tmp_path
 ):

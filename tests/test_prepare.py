@@ -22,7 +22,7 @@ from pipeline.shared.dataset import Corrections, DataError, Split, corrections_f
 
 FEEDBACK = PrepareFeedbackParams(enabled=True, repeat=1, slice_permille=200)
 
-pytestmark = [pytest.mark.unit, pytest.mark.data]
+pytestmark = pytest.mark.unit
 
 
 def make_split(n: int, seed: int = 0) -> Split:

@@ -1,5 +1,8 @@
 """Resumable training: an interrupted run continues to the weights of an uninterrupted one, and
-SIGTERM during the train stage leaves a KILLED MLflow run and a state the next run resumes."""
+SIGTERM during the train stage leaves a KILLED MLflow run and a state the next run resumes.
+
+The state's key and claiming: tests/test_resume_state.py.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from test_train import small_params, tiny
 
 from pipeline.training.fit import fit_model, train_batches
 from pipeline.training.model import network
-from pipeline.training.resume import STATE_DIR, Resume, TrainState, claimed_state, state_key
+from pipeline.training.resume import STATE_DIR, Resume, TrainState
 
 pytestmark = pytest.mark.model
 
@@ -107,28 +110,6 @@ def test_an_epochs_batches_do_not_depend_on_where_training_started():
     for a, b in zip(from_start[steps:], from_epoch_2, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(from_start[0], from_start[steps])  # epochs differ
-
-
-@pytest.mark.unit
-def test_state_key_changes_with_params_and_data():
-    params = {"train": {"epochs": 3, "seed": 42}}
-    key = state_key(params, "data-a")
-    assert key == state_key({"train": {"seed": 42, "epochs": 3}}, "data-a")
-    assert key != state_key({"train": {"epochs": 4, "seed": 42}}, "data-a")
-    assert key != state_key(params, "data-b")
-
-
-@pytest.mark.unit
-def test_claiming_a_state_deletes_stale_ones_but_not_those_in_use(tmp_path):
-    base = tmp_path / STATE_DIR
-    (base / "stale" / "epoch-0003").mkdir(parents=True)
-    with claimed_state(tmp_path, "running"):  # another training, with other params
-        (base / "stale" / "epoch-0003").mkdir(parents=True)
-        with claimed_state(tmp_path, "mine") as state:
-            assert state.directory == base / "mine"
-            assert sorted(p.name for p in base.iterdir()) == ["mine", "running"]
-            with claimed_state(tmp_path, "mine") as twice:
-                assert twice is None  # the same training twice: the second keeps no state here
 
 
 def train_command(params: Path, out: Path) -> list[str]:

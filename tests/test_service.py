@@ -2,6 +2,8 @@
 
 The served model is the champion `register` promoted from a 2,000-image, 1-epoch run; its
 answers are compared with the evaluate stage's predictions.csv (same model, same preprocessing).
+`bentoml build` and the exported Bento: tests/test_bento_build.py; the serving lock and the
+image's Dockerfile: tests/test_serving_image.py.
 """
 
 from __future__ import annotations
@@ -10,45 +12,19 @@ import io
 import json
 import math
 import re
-import shutil
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import requests
-import yaml
-from conftest import BIN, REPO, free_port, run, start_server, stop
 from PIL import Image
+from service_fixtures import assert_matches_evaluate, encode, post_image, post_predict
 
 from pipeline.core.fashion_mnist import CLASS_NAMES
 from pipeline.core.params import load_params
 
 pytest_plugins = ["service_fixtures"]  # champion, service_url, test_images, evaluated
 pytestmark = pytest.mark.service
-CONFIDENCE_TOLERANCE = 1e-4
-
-
-def encode(pixels: np.ndarray | Image.Image, fmt: str, **options: object) -> bytes:
-    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
-    buf = io.BytesIO()
-    image.save(buf, fmt, **options)
-    return buf.getvalue()
-
-
-def post_predict(url: str, images: np.ndarray | list, **kw: object) -> requests.Response:
-    payload = {"images": images.tolist() if isinstance(images, np.ndarray) else images}
-    return requests.post(f"{url}/predict", json=payload, timeout=60, **kw)
-
-
-def post_image(
-    url: str, data: bytes, name: str = "item.png", ctype: str = "image/png", **form: str
-):
-    return requests.post(
-        f"{url}/classify", files={"image": (name, data, ctype)}, data=form, timeout=60
-    )
 
 
 def assert_prediction(pred: dict, champion: dict) -> None:
@@ -57,12 +33,6 @@ def assert_prediction(pred: dict, champion: dict) -> None:
     assert pred["class_name"] == CLASS_NAMES[pred["class_id"]]
     assert pred["confidence"] == max(pred["probabilities"].values())
     assert pred["model"] == {"name": champion["model_name"], "version": champion["version"]}
-
-
-def assert_matches_evaluate(preds: list[dict], evaluated, indices) -> None:
-    for pred, i in zip(preds, indices, strict=True):
-        assert pred["class_id"] == evaluated.loc[i, "predicted_id"], f"test image {i}"
-        assert abs(pred["confidence"] - evaluated.loc[i, "confidence"]) < CONFIDENCE_TOLERANCE
 
 
 def test_metadata_names_the_champion(service_url, champion, pipeline_run):
@@ -270,169 +240,3 @@ def test_concurrent_requests_are_batched_and_answered_in_order(service_url, test
     runs, single_image_runs = after[0] - before[0], after[1] - before[1]
     assert 0 < runs < len(jobs), "every request was its own model run"
     assert runs - single_image_runs > 0, "no model run of more than one image"
-
-
-@pytest.mark.unit
-def test_the_serving_lock_is_requirements_lock_cut_to_what_the_service_needs():
-    def pins(path: Path) -> dict[str, str]:
-        return dict(re.findall(r"^([\w.-]+)==([^\s\\]+)", path.read_text(), re.M))
-
-    locked, serving = pins(REPO / "requirements.lock"), pins(REPO / "requirements-serve.lock")
-    assert {name: locked.get(name) for name in serving} == serving  # same version everywhere
-    # every package of the image with the SHA-256 of its files: a changed upload fails the build
-    entries = re.split(
-        r"^(?=[\w.-]+==)", (REPO / "requirements-serve.lock").read_text(), flags=re.M
-    )
-    unhashed = [e.split()[0] for e in entries[1:] if "--hash=sha256:" not in e]
-    assert len(entries) - 1 == len(serving) and not unhashed, unhashed
-    assert {"bentoml", "onnxruntime", "numpy", "pillow", "pydantic", "pyyaml", "fastapi"} <= set(
-        serving
-    )
-    training = {"tensorflow", "keras", "mlflow", "dvc", "pandas", "scikit-learn", "tf2onnx"}
-    assert not training & set(serving)
-    bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
-    assert bentofile["python"] == {
-        "requirements_txt": "requirements-serve.lock",
-        "lock_packages": False,
-    }
-
-
-BUILD_TOOLS = re.compile(r"(?<![\w.-])(build-essential|gcc|g\+\+|clang|make|git)(?![\w.-])")
-
-
-def hashed_pins(requirements: str) -> dict[str, set[str]]:
-    """`name==version` -> the SHA-256 hashes a requirements file gives it."""
-    pins: dict[str, set[str]] = {}
-    for entry in re.split(r"^(?=[\w.-]+==)", requirements, flags=re.M)[1:]:
-        pins.setdefault(entry.split()[0], set()).update(re.findall(r"--hash=sha256:(\w+)", entry))
-    return pins
-
-
-def assert_slim_serving_image(dockerfile: str, requirements: str) -> None:
-    """What the Bento's Dockerfile must do (service/container_image.py): python:3.11-slim with no
-    compiler or git, the `bentoml` user with BentoML's uid, the serving lock installed with its
-    hashes and wheels only."""
-    from bentoml._internal.container.generate import BENTO_UID_GID
-
-    assert re.findall(r"^FROM (\S+)", dockerfile, re.M) == ["python:3.11-slim"]
-    # one Dockerfile instruction per entry, continuation lines joined
-    steps = re.split(r"\n(?=[A-Z]+ )", re.sub(r"\\\n", " ", dockerfile))
-    runs = [s for s in steps if s.startswith("RUN ")]
-    assert not [r for r in runs if BUILD_TOOLS.search(r)], "a step installs build tools or git"
-    assert not [r for r in runs if re.search(r"apt-get|apk |yum ", r)], "a system package step"
-    assert f"ARG BENTO_USER_UID={BENTO_UID_GID}" in map(str.strip, steps) and BENTO_UID_GID == 1034
-    assert [r for r in runs if "useradd -m -u $BENTO_USER_UID -g $BENTO_USER_GID" in r]
-    assert re.findall(r"^USER (\S+)", dockerfile, re.M)[-1] == "bentoml"
-    install = [r for r in runs if "pip install -r $BENTO_PATH/env/python/requirements.txt" in r]
-    assert len(install) == 1 and "uv " in install[0]
-    # requirements.txt: wheels only, then every pin of the serving lock with all of its hashes
-    assert requirements.startswith("--only-binary :all:\n")
-    lock = hashed_pins((REPO / "requirements-serve.lock").read_text())
-    got = hashed_pins(requirements)
-    assert {pin: got.get(pin) for pin in lock} == lock and all(lock.values())
-
-
-@pytest.mark.unit
-def test_the_bentos_dockerfile_installs_the_lock_and_no_build_tools(tmp_path):
-    """The Dockerfile `bentoml build` writes, made the way it makes it (Bento.create): the
-    service's image (service/container_image.py) with bentofile.yaml's options merged in, then
-    frozen into env/docker/Dockerfile and env/python/requirements.txt. `bentoml build` itself
-    runs in test_bento_build_contains_model_and_serves (it needs the trained champion)."""
-    from _bentoml_sdk.images import populate_image_from_build_config
-    from bentoml._internal.bento.build_config import BentoBuildConfig
-
-    from service.service import FashionClassifier
-
-    with (REPO / "bentofile.yaml").open() as bentofile:
-        build_config = BentoBuildConfig.from_yaml(bentofile)
-    assert build_config.docker.distro is None  # any preset distro adds build-essential and git
-    image = populate_image_from_build_config(FashionClassifier.image, build_config, str(REPO))
-    image.freeze(tmp_path, build_config.envs)
-    dockerfile = (tmp_path / "env" / "docker" / "Dockerfile").read_text()
-    assert_slim_serving_image(
-        dockerfile, (tmp_path / "env" / "python" / "requirements.txt").read_text()
-    )
-    # the check itself: BentoML's default image (a preset distro) fails it
-    default = populate_image_from_build_config(None, build_config, str(REPO))
-    default.freeze(tmp_path / "default", build_config.envs)
-    with pytest.raises(AssertionError, match="build tools or git"):
-        assert_slim_serving_image(
-            (tmp_path / "default" / "env" / "docker" / "Dockerfile").read_text(),
-            (tmp_path / "default" / "env" / "python" / "requirements.txt").read_text(),
-        )
-
-
-@pytest.mark.e2e
-def test_bento_build_contains_model_and_serves(
-    pipeline_run, pipeline_env, champion, tmp_path, test_images, evaluated
-):
-    """`bentoml build` packs the champion; the exported Bento serves it from an empty store."""
-    tag = run([str(BIN / "bentoml"), "build", "-o", "tag"], pipeline_run, pipeline_env).stdout
-    tag = re.search(r"__tag__:(\S+)", tag).group(1)
-    home = Path(pipeline_env["BENTOML_HOME"])
-    bento_dir = home / "bentos" / tag.replace(":", "/")
-    info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
-    model_tag = champion["champion"]["bento_model"]
-    served = {m["tag"] for svc in info["services"] for m in svc["models"]}
-    assert served == {model_tag}
-    dockerfile = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
-    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
-    assert users and users[-1] == "bentoml"  # the image runs as the non-root user
-    assert dockerfile.rindex("\nUSER bentoml") < re.search(r"^ENTRYPOINT", dockerfile, re.M).start()
-    # The image installs exactly the serving lock.
-    requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
-    pinned = set(re.findall(r"^([\w.-]+==\S+)", requirements, re.M))  # BentoML adds its own pin
-    assert pinned == set(
-        re.findall(r"^([\w.-]+==\S+)", (REPO / "requirements-serve.lock").read_text(), re.M)
-    )
-    assert_slim_serving_image(dockerfile, requirements)  # no compiler or git, the uid, the lock
-
-    archive = tmp_path / "classifier.bento"
-    run([str(BIN / "bentoml"), "export", tag, str(archive)], pipeline_run, pipeline_env)
-    name, version = model_tag.split(":")
-    with tarfile.open(archive) as tar:
-        members = set(tar.getnames())
-        assert f"./models/{name}/{version}/model.onnx" in members
-        # The pipeline's core, whole, and nothing else of the pipeline (no stage, no TensorFlow code)
-        packed = {m for m in members if m.startswith("./src/pipeline/") and m.endswith(".py")}
-        core = {f"./src/{p.relative_to(REPO)}" for p in (REPO / "pipeline" / "core").glob("*.py")}
-        assert packed == core | {"./src/pipeline/__init__.py"}
-        assert "./env/docker/Dockerfile" in members
-
-    # A machine that only serves: a venv holding the serving lock alone, an empty BentoML store.
-    uv = shutil.which("uv")
-    assert uv, "uv not found (make setup installs it)"
-    venv = tmp_path / "serve-venv"
-    run([uv, "venv", "--quiet", "--python", "3.11", str(venv)], tmp_path, pipeline_env)
-    sync = [uv, "pip", "sync", "--quiet", "--python", str(venv / "bin" / "python")]
-    run([*sync, str(REPO / "requirements-serve.lock")], tmp_path, pipeline_env)
-    fresh = {**pipeline_env, "BENTOML_HOME": str(tmp_path / "fresh_home")}
-    fresh["PATH"] = f"{venv / 'bin'}:{fresh['PATH']}"
-    run([str(venv / "bin" / "bentoml"), "import", str(archive)], tmp_path, fresh)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [str(venv / "bin" / "bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
-    proc = start_server(cmd, tmp_path, fresh, tmp_path / "serve.log", f"{url}/readyz", 240)
-    try:
-        assert requests.get(f"{url}/metadata", timeout=10).json()["bento_model"] == model_tag
-        resp = post_predict(url, test_images[0][:8])
-        assert resp.status_code == 200
-        assert_matches_evaluate(resp.json()["predictions"], evaluated, range(8))
-        resp = post_image(
-            url, encode(Image.fromarray(test_images[0][0]), "PNG"), "a.png", "image/png"
-        )
-        assert resp.status_code == 200, resp.text
-        assert_matches_evaluate([resp.json()], evaluated, [0])
-        page = requests.get(f"{url}/ui/", timeout=10)
-        assert page.status_code == 200 and "<html" in page.text.lower()
-        # The service runs ONNX Runtime and never loads TensorFlow, in any of its processes.
-        server = psutil.Process(proc.pid)
-        mapped = {
-            p.pid: Path(f"/proc/{p.pid}/maps").read_text()
-            for p in [server, *server.children(recursive=True)]
-        }
-        assert len(mapped) >= 2  # the arbiter and at least one worker
-        assert not [pid for pid, maps in mapped.items() if "tensorflow" in maps]
-        assert [pid for pid, maps in mapped.items() if "onnxruntime" in maps]
-    finally:
-        stop(proc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import itertools
 import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -265,5 +266,66 @@ def test_bento_packs_exactly_what_the_service_imports():
     assert sorted(needed - packed) == [], "the Bento misses modules the service imports"
     assert sorted(packed - needed) == [], "the Bento packs modules the service does not import"
     assert "params.yaml" in bentofile["include"]
-    # Its packages: the serving lock (tests/test_service.py checks that against requirements.lock).
+    # Its packages: the serving lock (tests/test_serving_image.py checks it against
+    # requirements.lock).
     assert bentofile["python"]["requirements_txt"] == "requirements-serve.lock"
+
+
+# The test tiers: pyproject.toml's pytest markers. pytest adds marks up, so a `unit` test in a
+# `model` file runs in both tiers; each file states its one tier, its tests none of their own.
+TIERS = {
+    marker.split(":")[0]
+    for marker in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"][
+        "ini_options"
+    ]["markers"]
+}
+
+
+def tier_mark(node: ast.expr) -> str | None:
+    """The tier a mark expression names (`pytest.mark.unit`, called or not), else None."""
+    name = ast.unparse(node.func if isinstance(node, ast.Call) else node)
+    tier = name.removeprefix("pytest.mark.")
+    return tier if name.startswith("pytest.mark.") and tier in TIERS else None
+
+
+def tier_problems(name: str, source: str) -> list[str]:
+    """What keeps a test file from having exactly one tier: its module-level `pytestmark` (one
+    `pytest.mark.<tier>`, or a list of marks holding exactly one tier) and no tier marks on its
+    tests."""
+    tree = ast.parse(source, name)
+    values = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets)
+    ]
+    marks = [e for v in values for e in (v.elts if isinstance(v, ast.List | ast.Tuple) else [v])]
+    tiers = [tier for mark in marks if (tier := tier_mark(mark))]
+    problems = []
+    if not tiers:
+        problems.append(f"{name}: no tier: add `pytestmark = pytest.mark.<tier>` ({sorted(TIERS)})")
+    elif len(tiers) > 1:
+        problems.append(f"{name}: pytestmark gives {len(tiers)} tiers {tiers}, not one")
+    problems += [
+        f"{name}: {node.name} is marked {tier} itself; only the file's pytestmark names a tier"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        for decorator in node.decorator_list
+        if (tier := tier_mark(decorator))
+    ]
+    return problems
+
+
+def test_every_test_file_has_exactly_one_tier():
+    files = sorted((REPO / "tests").glob("test_*.py"))
+    assert len(files) >= 50 and sorted(TIERS) == ["data", "e2e", "model", "service", "unit"]
+    problems = [
+        problem
+        for path in files
+        for problem in tier_problems(str(path.relative_to(REPO)), path.read_text())
+    ]
+    assert problems == []
+    # Guard against a checker that finds nothing: each way a file can fail is found.
+    mixed = "import pytest\npytestmark = [pytest.mark.unit, pytest.mark.model]\n"
+    marked = "import pytest\npytestmark = pytest.mark.unit\n@pytest.mark.e2e\ndef test_x(): pass\n"
+    assert [len(tier_problems("t.py", s)) for s in ("x = 1\n", mixed, marked)] == [1, 1, 1]

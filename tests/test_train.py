@@ -1,4 +1,5 @@
-"""Training core on tiny data: determinism, schedules, per-epoch logging, distribution, tracking."""
+"""Training core on tiny data: determinism, schedules, per-epoch logging, distribution; the train
+stage against a dead tracking server. Tracking without a server: tests/test_tracking.py."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ import numpy as np
 import pytest
 from conftest import REPO, base_env, copy_workspace, free_port
 
-from pipeline.core.params import flatten, load_params
+from pipeline.core.params import load_params
 from pipeline.shared.dataset import Split
-from pipeline.shared.tracking import TrackingUnavailable, check_server, shown, tracking_uri
 from pipeline.training.fit import fit_model, learning_rate
 
 pytestmark = pytest.mark.model
@@ -70,43 +70,6 @@ def test_cosine_schedule_warms_up_then_decays():
     assert lr[3] < lr[2] and lr[4] == pytest.approx(0.0, abs=1e-7)
     _, constant = small_params(lr_schedule="constant")
     assert learning_rate(constant, 100) == constant.learning_rate
-
-
-@pytest.mark.unit
-def test_tracking_uri_prefers_env_then_dvc_root(monkeypatch, tmp_path):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
-    assert tracking_uri() == "http://tracking:5000"
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    assert tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
-
-
-@pytest.mark.unit
-def test_unreachable_server_fails_fast_naming_it():
-    uri = f"http://127.0.0.1:{free_port()}"
-    started = time.monotonic()
-    with pytest.raises(TrackingUnavailable, match=f"MLflow tracking server {uri} is not reachable"):
-        check_server(uri, timeout=2)
-    assert time.monotonic() - started < 5
-
-
-@pytest.mark.unit
-def test_a_password_in_the_tracking_uri_is_never_shown():
-    uri = f"http://alice:s3cret-pass@127.0.0.1:{free_port()}"
-    assert shown(uri) == uri.replace("s3cret-pass", "***")
-    assert shown("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
-    with pytest.raises(TrackingUnavailable) as err:
-        check_server(uri, timeout=2)
-    assert "s3cret-pass" not in str(err.value) and "alice:***@" in str(err.value)
-
-
-@pytest.mark.unit
-def test_flatten_nested_params():
-    assert flatten({"a": {"b": [1, {"c": 2}], "d": [3, 4]}}) == {
-        "a.b.0": 1,
-        "a.b.1.c": 2,
-        "a.d": [3, 4],
-    }
 
 
 def test_train_stage_with_dead_server_fails_in_seconds_and_writes_nothing(tmp_path):
