@@ -1,4 +1,4 @@
-"""The tables of docs/benchmarks.md and docs/costs.md, generated from benchmarks/results/.
+"""The tables of docs/benchmarks.md, costs.md and monitoring.md, generated from benchmarks/results/.
 
 Each table sits between `<!-- table: NAME -->` and `<!-- /table -->` and is generated from the
 newest run of its benchmark (by finish time) in any result file, or from one file:
@@ -35,7 +35,7 @@ from pipeline.shared.machine import KEY_EXTENSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
-DOCS = (DOC, ROOT / "docs" / "costs.md")
+DOCS = (DOC, ROOT / "docs" / "costs.md", ROOT / "docs" / "monitoring.md")
 MARKER = re.compile(
     r"(<!-- table: (?P<name>[a-z-]+)(?: from (?P<file>[^ ]+))? -->\n)(?P<body>.*?)(<!-- /table -->)",
     re.DOTALL,
@@ -270,6 +270,23 @@ def commands_table(section: dict) -> list[str]:
 
 
 TIER_COLUMNS = ("unit", "data", "model", "service", "e2e")
+
+
+def reference_table(section: dict) -> list[str]:
+    """The champion's answers on validation: what the answer-quality alerts compare traffic with."""
+    f = section["figures"]
+    low = f["low_confidence_accuracy"]
+    return [
+        "| validation images | accuracy | answers below confidence "
+        f"{f['low_confidence']} | right among those | largest class share | median confidence |",
+        "|---:|---:|---:|---:|---|---:|",
+        f"| {f['images']:,} | {f['accuracy']:.4f} | {100 * f['low_confidence_share']:.1f}% "
+        f"| {'-' if low is None else f'{100 * low:.0f}%'} "
+        f"| {100 * f['largest_class_share']:.1f}% ({f['largest_class']}) "
+        f"| {f['median_confidence']:.2f} |",
+    ]
+
+
 TABLES: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "train": ("train", train_table),
     "serve": ("serve", serve_table),
@@ -281,6 +298,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "feedback": ("feedback", feedback_table),
     "deploy": ("deploy", deploy_table),
     "commands": ("commands", commands_table),
+    "reference": ("reference", reference_table),
 }
 
 

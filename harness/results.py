@@ -2,7 +2,8 @@
 
 A file holds what one machine measured on one day (UTC): `machine` (CPU model, vector extensions,
 CPUs, RAM) and one section per benchmark (`train`, `serve`, `monitoring`, `load`, `overload`, `feedback`,
-`deploy`, and `commands`: the README's commands from a fresh clone), each with when
+`deploy`; `commands`: the README's commands from a fresh clone; `reference`: the champion's answers
+on validation, which the alerts are set against), each with when
 it ran, the 1-minute load average at its start and end (other work competes with it), the command,
 the models it measured (SHA-256 of the model file, and what model that is) and its figures. A
 benchmark run replaces its own section in that day's file for this machine and leaves the others;
@@ -30,7 +31,17 @@ from pipeline.core.params import flatten
 from pipeline.shared.machine import describe, load_average
 
 FORMAT = 1
-SECTIONS = ("train", "serve", "monitoring", "load", "overload", "feedback", "deploy", "commands")
+SECTIONS = (
+    "train",
+    "serve",
+    "monitoring",
+    "load",
+    "overload",
+    "feedback",
+    "deploy",
+    "commands",
+    "reference",
+)
 # Sections that measure a command from a fresh clone (benchmarks/commands.py), not one model.
 NO_MODEL = ("commands",)
 # Where the benchmarks write, in the checkout the harness is installed from (`pip install -e .`).

@@ -25,6 +25,7 @@ import base64
 import hashlib
 import http.client
 import json
+import logging
 import os
 import re
 import sys
@@ -42,7 +43,10 @@ from typing import BinaryIO
 from pipeline.core import paths
 from pipeline.core.fashion_mnist import IMAGE_SIZE, MIRRORS, SHA256
 from pipeline.core.params import FetchParams, load_params
+from pipeline.shared.logs import configure_logging
 from pipeline.shared.progress import Progress, duration
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 16
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -376,9 +380,9 @@ def fetch_dataset(
                     attempts.failures.append((name, mirror.shown, why))
                     if isinstance(err, _Unreachable):
                         attempts.dead_mirrors[mirror.spec] = why
-                        print(f"  skipping {mirror.shown} from now on: {why}", file=sys.stderr)
+                        log.warning("  skipping %s from now on: %s", mirror.shown, why)
                     else:
-                        print(f"  rejected {name} from {mirror.shown}: {why}", file=sys.stderr)
+                        log.warning("  rejected %s from %s: %s", name, mirror.shown, why)
                     continue
                 sources[name] = mirror.shown
                 size = (staged / name).stat().st_size
@@ -397,6 +401,7 @@ def fetch_dataset(
 
 
 def main() -> None:
+    configure_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=paths.PARAMS)
     parser.add_argument("--out", type=Path, default=paths.RAW, help="directory for the IDX files")

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 from conftest import BIN, DRIFT_FEATURES, REPO, base_env
 from prometheus_client.parser import text_string_to_metric_families
+from record_factory import MODEL, records_of
 
-from pipeline.core.fashion_mnist import CLASS_NAMES
 from pipeline.core.params import MonitorParams
-from pipeline.core.prediction_log import record_lines
 from pipeline.drift import parse_when
 from pipeline.monitor.metrics import write_metrics
 from pipeline.monitor.page import render_html
@@ -31,7 +30,6 @@ from pipeline.shared.dataset import Split, save_split
 pytestmark = pytest.mark.unit
 
 THRESHOLDS = MonitorParams(window_hours=24, min_records=50, p_value=0.01, min_distance=0.1)
-MODEL = "fashion-mnist-cnn:abc"
 
 
 def test_numeric_drift_needs_significance_and_size():
@@ -60,28 +58,6 @@ def test_class_drift_compares_shares():
     assert moved.current["Bag"] > 0.5 > moved.reference["Bag"]
     # Classes nobody predicted are left out of the test instead of breaking it.
     assert not class_drift(np.full(100, 3), np.full(100, 3), THRESHOLDS).drifted
-
-
-def records_of(
-    pixels: np.ndarray,
-    class_ids: np.ndarray,
-    model: str = MODEL,
-    start: float = 1.8e9,
-    endpoint: str = "predict",
-) -> list[dict]:
-    """Prediction records as the service writes them and read_records parses them."""
-    text = record_lines(
-        times=[start + i for i in range(len(pixels))],
-        endpoints=[endpoint] * len(pixels),
-        inverted=[False] * len(pixels),
-        pixels=pixels,
-        class_ids=class_ids.tolist(),
-        class_names=[CLASS_NAMES[i] for i in class_ids],
-        confidences=[0.9] * len(pixels),
-        model_version="3",
-        bento_model=model,
-    )
-    return [json.loads(line) for line in text.splitlines()]
 
 
 @pytest.fixture

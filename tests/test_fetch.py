@@ -149,14 +149,14 @@ HASHES = {name: sha256(data) for name, data in FILES.items()}
 PARAMS = FetchParams(timeout_s=2, retries=0)
 
 
-def test_corrupt_mirror_rejected_good_mirror_taken(http_root, tmp_path, capsys):
+def test_corrupt_mirror_rejected_good_mirror_taken(http_root, tmp_path, caplog):
     url, _ = http_root
     out = tmp_path / "raw"
     sources = fetch_dataset(PARAMS, out, [f"{url}/corrupt", f"{url}/good"], HASHES)
     assert set(sources.values()) == {f"{url}/good"}
     for name, data in FILES.items():
         assert (out / name).read_bytes() == data, "decompressed, verified content is written"
-    assert "checksum mismatch" in capsys.readouterr().err
+    assert "checksum mismatch" in caplog.text
 
 
 def test_local_directory_with_different_gzip_bytes(tmp_path):
@@ -224,11 +224,11 @@ def _fetch_past(bad: list[str], url: str, out: Path) -> dict[str, str]:
     return sources
 
 
-def test_truncated_and_reset_downloads_move_on_to_the_next_mirror(http_root, tmp_path, capsys):
+def test_truncated_and_reset_downloads_move_on_to_the_next_mirror(http_root, tmp_path, caplog):
     url, _ = http_root
     bad = [f"{url}/truncated", f"{url}/chunked", f"{url}/reset"]
     _fetch_past(bad, url, tmp_path / "raw")
-    err = capsys.readouterr().err
+    err = caplog.text
     for name, body in GZ.items():
         total = len(body) + 1000
         assert (
@@ -241,7 +241,7 @@ def test_truncated_and_reset_downloads_move_on_to_the_next_mirror(http_root, tmp
     assert "skipping" not in err, "a mirror that answered is not dropped for the other files"
 
 
-def test_oversized_downloads_and_gzip_bombs_are_cut_off(http_root, tmp_path, capsys):
+def test_oversized_downloads_and_gzip_bombs_are_cut_off(http_root, tmp_path, caplog):
     url, _ = http_root
     bad = [f"{url}/announced", f"{url}/endless", f"{url}/bomb"]
     tracemalloc.start()
@@ -252,7 +252,7 @@ def test_oversized_downloads_and_gzip_bombs_are_cut_off(http_root, tmp_path, cap
         tracemalloc.stop()
     # Inflating the bomb or holding the endless body would take BOMB_SIZE or 16 MiB.
     assert peak < 8 << 20, f"fetch held {peak:,} bytes at once"
-    err = capsys.readouterr().err
+    err = caplog.text
     for name, size in SIZES.items():
         limit = max_download_bytes(size)
         assert (
@@ -272,7 +272,7 @@ def _assert_hidden(*texts: str) -> None:
             assert secret not in text, f"{secret!r} shown in:\n{text}"
 
 
-def test_credentials_in_mirror_urls_are_used_but_never_shown(http_root, tmp_path, capsys):
+def test_credentials_in_mirror_urls_are_used_but_never_shown(http_root, tmp_path, capsys, caplog):
     url, _ = http_root
     host = url.removeprefix("http://")
     creds = f"http://{USER}:{TOKEN}@{host}"
@@ -289,8 +289,8 @@ def test_credentials_in_mirror_urls_are_used_but_never_shown(http_root, tmp_path
     recorded = (out / SOURCES_FILE).read_text()
     assert {entry["mirror"] for entry in json.loads(recorded).values()} == {shown}
     captured = capsys.readouterr()
-    assert f"from http://***@{host}/corrupt?token=***: checksum mismatch" in captured.err
-    _assert_hidden(recorded, captured.out, captured.err)
+    assert f"from http://***@{host}/corrupt?token=***: checksum mismatch" in caplog.text
+    _assert_hidden(recorded, captured.out, captured.err, caplog.text)
 
     # A failing run: the error, its traceback and the output show the mirrors, not the secrets.
     dead = f"http://{USER}:{TOKEN}@127.0.0.1:{free_port()}/x?token={QUERY_TOKEN}"
@@ -301,7 +301,7 @@ def test_credentials_in_mirror_urls_are_used_but_never_shown(http_root, tmp_path
     assert f"http://***@{host}/private?token=*** [train-images-idx3-ubyte]: HTTP 401" in message
     assert f"http://***@{host}/reset [t10k-labels-idx1-ubyte]: truncated download" in message
     captured = capsys.readouterr()
-    _assert_hidden(message, repr(failed.value), captured.out, captured.err)
+    _assert_hidden(message, repr(failed.value), captured.out, captured.err, caplog.text)
 
 
 def test_stage_hides_credentials_in_its_output(http_root, tmp_path):

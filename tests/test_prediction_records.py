@@ -12,14 +12,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
+from record_factory import records_of
 
-from pipeline.core.fashion_mnist import CLASS_NAMES
 from pipeline.core.prediction_log import (
     FIELDS,
     format_time,
     image_features,
     read_records,
-    record_lines,
 )
 from pipeline.core.record_files import RecordLimits
 
@@ -46,25 +45,10 @@ def test_image_features_describe_brightness_and_shape():
     assert f["pixel_std"][3] == pytest.approx(f["pixel_std"][1])  # ... same contrast
 
 
-def fake_records(pixels: np.ndarray, class_ids: np.ndarray, start: float = 1.8e9) -> list[dict]:
-    text = record_lines(
-        times=[start + i for i in range(len(pixels))],
-        endpoints=["predict"] * len(pixels),
-        inverted=[False] * len(pixels),
-        pixels=pixels,
-        class_ids=class_ids.tolist(),
-        class_names=[CLASS_NAMES[i] for i in class_ids],
-        confidences=[0.9] * len(pixels),
-        model_version="3",
-        bento_model="fashion-mnist-cnn:abc",
-    )
-    return [json.loads(line) for line in text.splitlines()]
-
-
 def test_records_are_read_back_by_window(tmp_path):
     pixels = np.stack([tall_bar()] * 4)
     start = dt.datetime(2026, 11, 26, 23, 59, 58, tzinfo=UTC).timestamp()
-    records = fake_records(pixels, np.array([1, 1, 3, 9]), start)
+    records = records_of(pixels, np.array([1, 1, 3, 9]), start=start)
     assert list(records[0]) == list(FIELDS)
     assert records[0]["time"] == "2026-11-26T23:59:58.000Z"
     lines = [json.dumps(r) for r in records]
