@@ -1,5 +1,8 @@
 """The curation rules of the `feedback` stage, on tiny arrays: duplicates, conflicts, test images,
-review decisions, caps, the review file, the archive of shards, and the curated dataset's file."""
+review decisions, caps, the review file, the archive of shards, and the curated dataset's file.
+
+Past 300 lines: the curation rules, one test each on tiny arrays, read together.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The fetch stage against real HTTP servers on 127.0.0.1 and local mirror directories."""
+"""The fetch stage against real HTTP servers on 127.0.0.1 and local mirror directories.
+
+Past 300 lines: one local HTTP server, shared by every way a download can fail.
+"""
 
 from __future__ import annotations
 

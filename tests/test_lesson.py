@@ -9,6 +9,8 @@ three channels and 27 products; a learned filter gives the served network's own 
 (its Keras model from the BentoML store) and the chain z = W·a + b, a = g(z) ends at the served
 explainer's feature map (ONNX Runtime on the same store's explainer.onnx); the arrow keys, a phone
 screen, no console errors.
+
+Past 300 lines: the lesson's browser tests share one page and one served model.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ tests/js/lesson-math.test.mjs runs on them in Node's own test runner (`node --te
 `nodejs`, no npm package). The run must pass and run exactly one test per case plus one, so a
 runner that finds no test, or skips some, cannot pass. The browser tests keep what only a browser
 shows: the controls, the clicks and keys, the drawing, the round trip to the served model.
+
+Past 300 lines: numpy's reference case for every function of lesson-math.js, beside the Node run that checks them.
 """
 
 from __future__ import annotations

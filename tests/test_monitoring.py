@@ -9,6 +9,8 @@ service with the shipped config and evaluates every alert rule and dashboard que
 The pure parts are unit-tested on tiny arrays: the records and the recorder in
 tests/test_prediction_records.py, the alert rules and the dashboard in tests/test_alert_rules.py,
 the drift report in tests/test_drift.py.
+
+Past 300 lines: the service-tier monitoring tests share one served model and its windows of records.
 """
 
 from __future__ import annotations

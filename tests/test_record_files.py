@@ -4,6 +4,8 @@ thread that enforces it on a real directory.
 The rule is a pure function (files + now + limits -> files to remove), tested on lists; the
 recorder tests run a real PredictionRecorder in this process on a temporary directory holding
 files of chosen sizes and modification times, beside a feedback/ folder that must stay untouched.
+
+Past 300 lines: the record files' rotation, caps and retention, one case each, on one directory layout.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ against the session's MLflow server and private BentoML store: once on the pipel
 then on crafted runs (the pipeline's model logged again with chosen validation and test
 accuracies) in experiments and a registered model of their own, so the pipeline's champion is
 never touched.
+
+Past 300 lines: the register sequences share the crafted runs, the pipeline workspace and the store.
 """
 
 from __future__ import annotations

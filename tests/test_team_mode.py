@@ -1,5 +1,8 @@
 """Team mode: a shared `mlflow server` with MLflow's own authentication on a real PostgreSQL,
-its artifacts on an S3 API (moto's server mode), and DVC remotes (a directory, the S3 API)."""
+its artifacts on an S3 API (moto's server mode), and DVC remotes (a directory, the S3 API).
+
+Past 300 lines: PostgreSQL, the S3 API and the authenticated server are fixtures of this file only.
+"""
 
 from __future__ import annotations
 

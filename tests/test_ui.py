@@ -5,6 +5,8 @@ browser Debian's Chromium (tests/browser_fixtures.py). Every page must load with
 errors or uncaught exceptions, and do everything it does without a Content-Security-Policy
 violation (service/security.py's policy; every `securitypolicyviolation` event is collected).
 Section 4 of the page, the lesson, is tests/test_lesson.py's.
+
+Past 300 lines: the page's browser tests share one Chromium and one served model.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
 // A service started with an API token (docs/serving.md) answers /explain 401 until the page
 // sends `Authorization: Bearer <token>`: the page then asks for the token once and keeps it in
 // sessionStorage (this tab only, gone when it closes). Section 4 is lesson.js's.
+// Past 300 lines: input, /explain and its drawing, the token and the correction share the page's
+// state; what is pure is in lesson-math.js and dom.js.
 import { $, element } from "./dom.js";
 import { startLesson, workOnImage } from "./lesson.js";
 

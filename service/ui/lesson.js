@@ -3,6 +3,8 @@
 // change). The computation is lesson-math.js's (pure functions, tested in Node); this module
 // reads the controls, draws the maps and writes the sums out. app.js calls startLesson() once
 // and workOnImage() with each /explain answer it draws.
+// Past 300 lines: one control, drawing and written-out sum per operation of the lesson (kernel,
+// padding, stride, pooling, activation), in the order the page shows them.
 import {
   ACTIVATIONS,
   convolve,
