@@ -159,11 +159,23 @@ def machine_here(text: str) -> list[str]:
 
 
 def test_the_here_check_tells_a_machine_from_a_page():
-    for said in ("measured here on 2 vCPUs", "on this machine", "it runs here", "root here)",
-                 "tested here (the suite)", "MinIO has no package here", "this VM's speed"):  # fmt: skip
+    for said in (
+        "measured here on 2 vCPUs",
+        "on this machine",
+        "it runs here",
+        "root here)",
+        "tested here (the suite)",
+        "MinIO has no package here",
+        "this VM's speed",
+    ):
         assert machine_here(said), said
-    for fine in ("the figure here, in params.yaml", "every measurement here says its date",
-                 "saves nothing here and costs accuracy", "click here", "on this page"):  # fmt: skip
+    for fine in (
+        "the figure here, in params.yaml",
+        "every measurement here says its date",
+        "saves nothing here and costs accuracy",
+        "click here",
+        "on this page",
+    ):
         assert not machine_here(fine), fine
 
 
@@ -198,8 +210,14 @@ def test_the_adapting_example_gives_the_layer_table_on_the_page(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "model": example["model"]}))
     command = re.search(r'^python -c "\n(.*?)"$', ADAPTING.read_text(), flags=re.M | re.DOTALL)
     assert command, "adapting.md: no python -c preview command"
-    done = subprocess.run([sys.executable, "-c", command.group(1)], cwd=tmp_path, text=True,
-                          capture_output=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", command.group(1)],
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.rstrip("\n") == marked_block(ADAPTING, "layer-table")
 
@@ -252,8 +270,11 @@ def numbers(value: object) -> set[float]:
 def test_the_costs_from_result_files_are_in_those_files():
     """Each decimal figure of the costs page's result-file rows is a value of the section it
     names, in the file of that column's CPU: regenerated results show up as a failure here."""
-    rows = re.findall(r"^\| `make [\w-]+` \| (.*) \| (.*) \| (`[\w.-]+\.json`: .*) \|$",
-                      COSTS.read_text(), flags=re.M)  # fmt: skip
+    rows = re.findall(
+        r"^\| `make [\w-]+` \| (.*) \| (.*) \| (`[\w.-]+\.json`: .*) \|$",
+        COSTS.read_text(),
+        flags=re.M,
+    )
     assert len(rows) >= 4, "costs.md: no rows citing result files"
     for intel, amd, sources in rows:
         cited = dict(re.findall(r"`([\w.-]+\.json)`: `(\w+)`", sources))
