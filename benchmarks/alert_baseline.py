@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -27,8 +29,6 @@ from pipeline.core.params import load_params
 from pipeline.drift import served_model_outputs
 from pipeline.shared.dataset import load_split
 from pipeline.shared.tracking import tracking_uri
-
-log = logging.getLogger("alert_baseline")
 
 
 def baseline(
@@ -55,19 +55,24 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a BentoML tag (default: serve.bento_model_name:latest)")
-    parser.add_argument("--results", default=RESULTS_DIR)
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     measurement = Measurement("reference")
     params = load_params(paths.PARAMS)
     tag = args.model or f"{params.serve.bento_model_name}:latest"
     val = load_split(paths.PREPARED / paths.SPLIT_FILES["val"])
-    outputs = served_model_outputs(tag, val.x)
+    import bentoml
+
+    try:  # `latest` resolved once: the model measured is the model recorded
+        model = bento_model(tag, tracking_uri())
+    except bentoml.exceptions.NotFound:
+        sys.exit(f"no {tag} in the BentoML store: `python -m pipeline.register --import-only`")
+    outputs = served_model_outputs(model["name"], val.x)
     figures = baseline(
         outputs.class_ids, outputs.confidences, val.y, params.serve.monitoring.low_confidence
     )
     for key, value in figures.items():
         print(f"{key:>24}: {value}")
-    model = bento_model(tag, tracking_uri())
     print(f"wrote {measurement.record([model], figures, args.results)}")
 
 

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.results import RESULTS_DIR, Measurement, result_path
+from harness.results import RESULTS_DIR, Measurement
 
 log = logging.getLogger("commands")
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,9 +105,8 @@ def main() -> None:
     args = parser.parse_args()
     measurement = Measurement("commands")
     entry = measure(args.words, args.source, args.results / "logs")
-    path = result_path(args.results, measurement)
-    old = json.loads(path.read_text()).get("commands", {}) if path.exists() else {}
-    runs = [r for r in old.get("figures", {}).get("runs", []) if r["command"] != entry["command"]]
+    earlier = measurement.earlier(args.results).get("figures", {}).get("runs", [])
+    runs = [r for r in earlier if r["command"] != entry["command"]]
     runs = sorted([*runs, entry], key=lambda r: r["command"])
     print(json.dumps(entry, indent=2))
     print(f"wrote {measurement.record([], {'runs': runs}, args.results)}")

@@ -42,7 +42,7 @@ import yaml
 
 from harness.models import bento_model
 from harness.photos import photograph
-from harness.results import RESULTS_DIR, Measurement, feedback_rows, result_path
+from harness.results import RESULTS_DIR, Measurement, feedback_rows
 from harness.servers import free_port, start_server, stop, with_this_python
 from pipeline.core import paths
 from pipeline.shared.dataset import read_idx
@@ -203,10 +203,7 @@ def kept_runs(
 ) -> list[dict]:
     """Today's earlier runs for the same model with another N or init: each retraining costs
     minutes to an hour, so an N can be measured in its own invocation."""
-    path = result_path(directory, measurement)
-    if not path.exists():
-        return []
-    old = json.loads(path.read_text()).get("feedback", {})
+    old = measurement.earlier(directory)
     if [m.get("sha256") for m in old.get("models", [])] != [model["sha256"]]:
         return []
     done = {(r["corrections"], r["init"]) for r in runs}

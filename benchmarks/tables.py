@@ -31,6 +31,7 @@ from harness.results import (
     server_rows,
     upload_memory_rows,
 )
+from harness.tier_times import TIERS
 from pipeline.shared.machine import KEY_EXTENSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,7 +240,6 @@ def deploy_table(section: dict) -> list[str]:
     ]
 
 
-# table name -> (benchmark section, generator)
 def duration(seconds: float) -> str:
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes} min {rest} s" if minutes else f"{rest} s"
@@ -250,16 +250,16 @@ def commands_table(section: dict) -> list[str]:
     time and each tier's."""
     lines = [
         "| command, fresh clone | commit | in all | the suite | "
-        + " | ".join(TIER_COLUMNS)
+        + " | ".join(TIERS)
         + " | result |",
-        "|---|---|---:|---:|" + "---:|" * len(TIER_COLUMNS) + "---|",
+        "|---|---|---:|---:|" + "---:|" * len(TIERS) + "---|",
     ]
     for r in section["figures"]["runs"]:
         suite = r.get("suite", {})
         tiers = suite.get("tiers", {})
         cells = [
             f"{tiers[t]['tests']} tests, {duration(tiers[t]['seconds'])}" if t in tiers else "-"
-            for t in TIER_COLUMNS
+            for t in TIERS
         ]
         result = r.get("summary") or ("ok" if r["returncode"] == 0 else f"exit {r['returncode']}")
         lines.append(
@@ -267,9 +267,6 @@ def commands_table(section: dict) -> list[str]:
             f"| {duration(suite['seconds']) if suite else '-'} | {' | '.join(cells)} | {result} |"
         )
     return lines
-
-
-TIER_COLUMNS = ("unit", "data", "model", "service", "e2e")
 
 
 def reference_table(section: dict) -> list[str]:
@@ -287,6 +284,7 @@ def reference_table(section: dict) -> list[str]:
     ]
 
 
+# table name -> (benchmark section, generator)
 TABLES: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "train": ("train", train_table),
     "serve": ("serve", serve_table),

@@ -128,10 +128,15 @@ class Measurement:
         section = self.section(models, figures, **extra)
         return record(self.name, section, directory, day=self.started.date().isoformat())
 
+    def earlier(self, directory: Path | None = None) -> dict:
+        """This section as the file `record` writes holds it now ({} when none): what an earlier
+        run of the same benchmark on this machine recorded that day."""
+        path = _path(directory, self.started.date().isoformat())
+        return read(path).get(self.name, {}) if path.exists() else {}
 
-def result_path(directory: Path | None, measurement: Measurement) -> Path:
-    """The file `measurement.record` writes: today's for this machine."""
-    day = measurement.started.date().isoformat()
+
+def _path(directory: Path | None, day: str) -> Path:
+    """`<directory>/<day>-<machine>.json`: one file per day and machine."""
     return Path(directory or RESULTS_DIR) / f"{day}-{describe()['slug']}.json"
 
 
@@ -142,7 +147,7 @@ def record(name: str, section: dict, directory: Path | None = None, day: str | N
     directory.mkdir(parents=True, exist_ok=True)
     machine = describe()
     day = day or datetime.now(UTC).date().isoformat()
-    path = directory / f"{day}-{machine['slug']}.json"
+    path = _path(directory, day)
     with (directory / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         old = json.loads(path.read_text()) if path.exists() else {}

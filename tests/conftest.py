@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.servers import free_port, start_server, stop
+from harness.servers import free_port, start_server, stop, with_this_python
 
 # Test modules import helpers from these fixture modules before pytest_plugins loads them.
 pytest.register_assert_rewrite("browser_fixtures", "register_fixtures", "service_fixtures")
@@ -28,8 +28,7 @@ BIN = Path(sys.executable).parent
 
 def base_env(**extra: str) -> dict[str, str]:
     """Environment for child processes: this venv first on PATH, quiet TensorFlow."""
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env = with_this_python(dict(os.environ))
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     # Every dvc command otherwise forks a daemon that tries to send usage analytics (no answer here).
     env["DVC_NO_ANALYTICS"] = "1"

@@ -71,6 +71,8 @@ def test_a_run_merges_its_section_and_a_hand_edit_of_a_table_is_caught(tmp_path:
     assert set(data) >= {"machine", "load", "monitoring"}  # the second run kept the first's
     assert data["load"]["command"] == "python benchmarks/load_test.py --requests 10"
     assert data["load"]["load_average_1m"]["start"] >= 0
+    assert Measurement("load").earlier(tmp_path) == data["load"]  # what a later run merges with
+    assert Measurement("train").earlier(tmp_path) == {}
 
     doc = "# x\n\n<!-- table: load -->\n<!-- /table -->\n"
     rendered = render(doc, tmp_path)

@@ -35,16 +35,15 @@ def test_bento_build_contains_model_and_serves(
     served = {m["tag"] for svc in info["services"] for m in svc["models"]}
     assert served == {model_tag}
     dockerfile = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
-    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
-    assert users and users[-1] == "bentoml"  # the image runs as the non-root user
+    requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
+    assert_slim_serving_image(dockerfile, requirements)  # no compiler or git, the uid, the lock
+    # the image runs as the non-root user from its entry point on
     assert dockerfile.rindex("\nUSER bentoml") < re.search(r"^ENTRYPOINT", dockerfile, re.M).start()
     # The image installs exactly the serving lock.
-    requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
     pinned = set(re.findall(r"^([\w.-]+==\S+)", requirements, re.M))  # BentoML adds its own pin
     assert pinned == set(
         re.findall(r"^([\w.-]+==\S+)", (REPO / "requirements-serve.lock").read_text(), re.M)
     )
-    assert_slim_serving_image(dockerfile, requirements)  # no compiler or git, the uid, the lock
 
     archive = tmp_path / "classifier.bento"
     run([str(BIN / "bentoml"), "export", tag, str(archive)], pipeline_run, pipeline_env)

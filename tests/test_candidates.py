@@ -57,6 +57,14 @@ def test_with_a_slice_the_best_run_scored_on_it_is_judged(store):
     assert [r.info.run_id for r in passed_over] == [runs["corrected-a"]]
 
 
+def test_when_every_run_scored_on_the_slice_is_barred_every_run_competes(store):
+    """After a rollback of the corrected runs, register judges as it did before the slice."""
+    client, experiment, runs = store
+    barred = frozenset({runs["corrected-a"], runs["corrected-b"]})
+    best, passed_over = best_run(client, experiment, VAL, barred, SLICE)
+    assert (best.info.run_id, passed_over) == (runs["before-corrections"], [])
+
+
 def test_a_slice_no_run_was_scored_on_falls_back_to_every_run(store):
     client, experiment, runs = store
     best, _ = best_run(client, experiment, VAL, feedback_data_hash="n" * 64)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bento_image import assert_slim_serving_image
+from bento_image import assert_slim_serving_image, hashed_pins
 from conftest import REPO
 
 pytestmark = pytest.mark.unit
@@ -22,11 +22,11 @@ def test_the_serving_lock_is_requirements_lock_cut_to_what_the_service_needs():
     locked, serving = pins(REPO / "requirements.lock"), pins(REPO / "requirements-serve.lock")
     assert {name: locked.get(name) for name in serving} == serving  # same version everywhere
     # every package of the image with the SHA-256 of its files: a changed upload fails the build
-    entries = re.split(
-        r"^(?=[\w.-]+==)", (REPO / "requirements-serve.lock").read_text(), flags=re.M
-    )
-    unhashed = [e.split()[0] for e in entries[1:] if "--hash=sha256:" not in e]
-    assert len(entries) - 1 == len(serving) and not unhashed, unhashed
+    text = (REPO / "requirements-serve.lock").read_text()
+    hashed = hashed_pins(text)
+    assert all(hashed.values()), [pin for pin, hashes in hashed.items() if not hashes]
+    # one entry per package: none pinned twice
+    assert len(re.findall(r"^[\w.-]+==", text, re.M)) == len(hashed) == len(serving)
     assert {"bentoml", "onnxruntime", "numpy", "pillow", "pydantic", "pyyaml", "fastapi"} <= set(
         serving
     )

@@ -81,6 +81,10 @@ def decide_feedback(
     )
 
 
+# The tag `evaluate` sets on a run it scored on a non-empty feedback slice: the slice's content hash.
+FEEDBACK_TAG = "tags.feedback_data_hash"
+
+
 def best_run(
     client: MlflowClient,
     experiment_id: str,
@@ -104,13 +108,9 @@ def best_run(
         found = _best(
             client, experiment_id, barred, f"{query} and {FEEDBACK_TAG} = '{feedback_data_hash}'"
         )
-        if found != (None, []):
+        if found[0] is not None:  # else none is left (or all are barred): every run competes
             return found
     return _best(client, experiment_id, barred, query)
-
-
-# The tag `evaluate` sets on a run it scored on a non-empty feedback slice: the slice's content hash.
-FEEDBACK_TAG = "tags.feedback_data_hash"
 
 
 def _best(
