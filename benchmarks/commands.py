@@ -8,6 +8,7 @@ pytest summary line.
 
     python benchmarks/commands.py make test
     python benchmarks/commands.py make tour
+    python benchmarks/commands.py --keep /tmp/fresh make repro   # the clone stays, champion and all
 
 Writes the `commands` section of benchmarks/results/<date>-<machine>.json (earlier runs of other
 commands that day are kept); docs/costs.md's table comes from it (benchmarks/tables.py). The
@@ -61,16 +62,18 @@ def clean_env(home: Path) -> dict[str, str]:
     return env
 
 
-def measure(words: list[str], source: Path, logs: Path) -> dict:
-    """Run `words` in a fresh clone of `source`; what it cost."""
-    with tempfile.TemporaryDirectory(prefix="fresh-clone-") as root:
-        clone = Path(root) / "repo"
+def measure(words: list[str], source: Path, logs: Path, keep: Path | None = None) -> dict:
+    """Run `words` in a fresh clone of `source` (in `keep`/repo, left there, when given; its
+    BentoML store in `keep`/bentoml); what it cost."""
+    with tempfile.TemporaryDirectory(prefix="fresh-clone-") as tmp:
+        root = keep or Path(tmp)
+        clone = root / "repo"
         subprocess.run(["git", "clone", "-q", str(source), str(clone)], check=True)
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True, check=True
         ).stdout.strip()
-        env = clean_env(Path(root))
-        tiers = Path(root) / "tiers.json"
+        env = clean_env(root)
+        tiers = root / "tiers.json"
         if words[:2] == ["make", "test"]:
             env |= {"PYTEST_ADDOPTS": "-p harness.tier_times", "FASHION_TIER_TIMES": str(tiers)}
         logs.mkdir(parents=True, exist_ok=True)
@@ -102,9 +105,12 @@ def main() -> None:
     parser.add_argument("words", nargs="+", help="the command, e.g. make test")
     parser.add_argument("--source", type=Path, default=ROOT, help="the repository to clone")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--keep", type=Path, help="clone into KEEP/repo and leave it there")
     args = parser.parse_args()
     measurement = Measurement("commands")
-    entry = measure(args.words, args.source, args.results / "logs")
+    if args.keep and args.keep.exists():
+        parser.error(f"--keep {args.keep}: already exists; give a new directory")
+    entry = measure(args.words, args.source, args.results / "logs", args.keep)
     earlier = measurement.earlier(args.results).get("figures", {}).get("runs", [])
     runs = [r for r in earlier if r["command"] != entry["command"]]
     runs = sorted([*runs, entry], key=lambda r: r["command"])

@@ -23,7 +23,7 @@ check per promise):
 
 Figures (image size and layers, build time, time to ready per play, memory) go to the `deploy`
 section of benchmarks/results/<date>-<machine>.json; docs/benchmarks.md's table is generated from it.
-Needs podman that can run containers (root here; docs/deploy.md, "Playing it here: make deploy-check").
+Needs podman that can run containers (root here; docs/deploy.md, "Playing it without a cluster: make deploy-check").
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def main() -> None:
     ):
         sys.exit(
             "deploy-check needs podman able to run containers "
-            '(docs/deploy.md, "Playing it here: make deploy-check")'
+            '(docs/deploy.md, "Playing it without a cluster: make deploy-check")'
         )
     measurement = Measurement("deploy")
     from pipeline.shared.tracking import tracking_uri

@@ -153,15 +153,28 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stop(proc)
 
 
+# FASHION_MNIST_WORKSPACE=<dir>: a workspace where `make repro` ran on the default params (its
+# mlflow.db, the BentoML store of the caller's BENTOML_HOME): the session serves its champion instead
+# of a small run's. For the page's tests (tests/test_ui.py, tests/test_lesson.py: docs/ui.md's
+# screenshots of the default champion); the other service and e2e tests change their workspace.
+WORKSPACE = os.environ.get("FASHION_MNIST_WORKSPACE")
+
+
 @pytest.fixture(scope="session")
 def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private BentoML store, so tests never touch the user's ~/bentoml."""
+    """A private BentoML store, so tests never touch the user's ~/bentoml (with
+    FASHION_MNIST_WORKSPACE: the caller's BENTOML_HOME, that workspace's store)."""
+    if WORKSPACE:
+        return Path(os.environ.get("BENTOML_HOME", "~/bentoml")).expanduser()
     return tmp_path_factory.mktemp("bentoml_home")
 
 
 @pytest.fixture(scope="session")
-def pipeline_env(mlflow_server: str, bentoml_home: Path) -> dict[str, str]:
-    return base_env(MLFLOW_TRACKING_URI=mlflow_server, BENTOML_HOME=str(bentoml_home))
+def pipeline_env(request: pytest.FixtureRequest, bentoml_home: Path) -> dict[str, str]:
+    if WORKSPACE:
+        return base_env(BENTOML_HOME=str(bentoml_home))
+    uri = request.getfixturevalue("mlflow_server")
+    return base_env(MLFLOW_TRACKING_URI=uri, BENTOML_HOME=str(bentoml_home))
 
 
 @pytest.fixture(scope="session")
@@ -176,7 +189,13 @@ def prepared_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory, pipeline_env: dict) -> Path:
-    """A workspace copy where the whole pipeline ran once (`dvc repro`) on a small subset."""
+    """A workspace copy where the whole pipeline ran once (`dvc repro`) on a small subset (or
+    FASHION_MNIST_WORKSPACE)."""
+    if WORKSPACE:
+        ws = Path(WORKSPACE).resolve()
+        if not (ws / "reports" / "register" / "champion.json").exists():
+            pytest.fail(f"FASHION_MNIST_WORKSPACE={ws}: no champion there; run `make repro` in it")
+        return ws
     ws = copy_workspace(tmp_path_factory.mktemp("pipeline"))
     set_params(ws, **SMALL_RUN)
     run([str(BIN / "dvc"), "repro"], ws, pipeline_env)
