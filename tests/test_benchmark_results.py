@@ -6,8 +6,10 @@ committed file holds."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections.abc import Set
 from pathlib import Path
 
 import pytest
@@ -130,9 +132,11 @@ HISTORY = REPO / "docs" / "decisions.md"
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
-def stored_values() -> set[float]:
+@functools.cache  # read once for all the pages
+def stored_values() -> frozenset[float]:
     """Every number of the committed result files, reports and dvc.lock (also inside their
-    strings), and every configured one: params.yaml, bentofile.yaml, the manifests and the product's code."""
+    strings), and every configured one: params.yaml, bentofile.yaml, the manifests and the
+    product's code."""
     texts = [p.read_text() for p in (REPO / "benchmarks" / "results").glob("*.json")]
     texts += [p.read_text() for p in (REPO / "reports").rglob("*") if p.suffix in (".json", ".csv")]
     texts.append((REPO / "dvc.lock").read_text())  # the outputs' sizes
@@ -140,10 +144,10 @@ def stored_values() -> set[float]:
     for package in ("pipeline", "service", "harness", "benchmarks"):
         config += (REPO / package).rglob("*.py")
     texts += [p.read_text() for p in config]
-    return {float(n) for text in texts for n in NUMBER.findall(text)}
+    return frozenset(float(n) for text in texts for n in NUMBER.findall(text))
 
 
-def unsourced(text: str, values: set[float]) -> list[str]:
+def unsourced(text: str, values: Set[float]) -> list[str]:
     """The figures of `text`'s prose that no value in `values` rounds to, as written."""
     prose = CODE.sub("", MARKER.sub("", text))
     missing = []
