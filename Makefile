@@ -22,7 +22,7 @@ help:  ## this list (also `make` alone)
 	@echo "make TARGET [VAR=value]; [time on the Intel Xeon with AVX-512 | on the AMD EPYC with AVX2 only]"
 	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(firstword $(MAKEFILE_LIST))
 
-repro: setup system-data  ## the whole pipeline on the default params (sets up first) [13 min | 39 min, after setup]
+repro: setup system-data  ## the whole pipeline on the default params (sets up first) [13 min | 31 min from a fresh clone]
 	dvc repro
 
 test: setup system-data system-test  ## the whole test suite, as CI runs it (sets up first) [25 min, 246 tests (2026-11-30) | 26 min, 482 tests, from a fresh clone]
@@ -96,7 +96,7 @@ build:  ## package the service and the champion model as a Bento (imported into 
 	bentoml build
 
 # With no @champion yet (a fresh clone), the tour trains and promotes its small model first.
-deploy-check:  ## build the image, play deploy/k8s with podman, check it [3 min from a fresh clone | 4 min, check alone]
+deploy-check:  ## build the image, play deploy/k8s with podman, check it [3 min from a fresh clone | 84 s, check alone]
 	$(NEEDS) podman
 	@$(MAKE) --no-print-directory setup system-data
 	@served=$$(python -m pipeline.register --import-only) && echo "$$served" && \
@@ -129,14 +129,14 @@ bench-train:  ## default CNN vs the plain two-conv reference [slow: trains both 
 	$(NEEDS) env prepared
 	python benchmarks/train_benchmark.py
 
-bench-serve:  ## the service vs a no-op BentoML, BentoML's batcher, mlflow models serve, runtimes [7 min | -]
+bench-serve:  ## the service vs a no-op BentoML, BentoML's batcher, mlflow models serve, runtimes [7 min | 7 min]
 	$(NEEDS) env prepared
 	python benchmarks/serve_benchmark.py
 
-bench-monitoring:  ## the service with prediction recording on vs off (interleaved restarts) [5 min | -]
+bench-monitoring:  ## the service with prediction recording on vs off (interleaved restarts) [5 min | 5 min]
 	$(NEEDS) env prepared
 	python benchmarks/monitoring_cost.py
 
-load-test:  ## 10,000 mixed good/bad requests at concurrency 32 against a fresh `bentoml serve` [42 s | -]
+load-test:  ## 10,000 mixed good/bad requests at concurrency 32 against a fresh `bentoml serve` [42 s | 43 s]
 	$(NEEDS) env prepared
 	python benchmarks/load_test.py
