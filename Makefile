@@ -31,7 +31,7 @@ test: setup system-data system-test  ## the whole test suite, as CI runs it (set
 # The test suite's small-run values; --temp runs in a copy, so params.yaml and the workspace stay as they are.
 TOUR_PARAMS := prepare.max_train_samples=2000 prepare.max_test_samples=2000 train.epochs=2 train.batch_size=32 train.warmup_epochs=0 register.min_accuracy=0.5
 
-tour: setup system-data  ## the whole loop on 2,000 images, 2 epochs (README, "Try it in a few minutes") [1 min 38 s, after setup | 2 min 45 s from a fresh clone]
+tour: setup system-data  ## the whole loop on 2,000 images, 2 epochs (README, "Try it in a few minutes") [1 min 38 s, after setup | 1 min 54 s from a fresh clone]
 	dvc exp run --temp $(addprefix -S ,$(TOUR_PARAMS))
 
 bootstrap:  ## uv (UV_VERSION) in .tools/, an empty Python 3.11 .venv; or one line: what to install

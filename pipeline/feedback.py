@@ -191,7 +191,13 @@ def review_command(args: argparse.Namespace) -> None:
                 f"feedback review: cannot read {args.pending} ({err.strerror}); run `make feedback`"
             )
     if args.accept_all and not accept and not args.reject:
-        sys.exit(f"feedback review: nothing is pending in {args.pending}; `make feedback` first")
+        # Accepting all of nothing is done, not an error; the curation summary says why.
+        print(
+            f"feedback review: nothing is pending in {args.pending}: `make feedback` holds a "
+            "correction for review only when it passes the rules (its summary says what became "
+            "of each)"
+        )
+        return
     unknown = sorted({*accept, *(args.reject or [])} - known)
     if unknown:
         sys.exit(

@@ -124,6 +124,7 @@ def test_feedback_stage_end_to_end(ws, env):
     # feedback.review: required, so everything waits; nothing changes for prepare.
     waiting = run([DVC, "repro", "feedback", "prepare"], ws, env)
     assert "Stage 'prepare' didn't change, skipping" in waiting.stdout
+    assert "in_test_split: 1 correction(s) of Fashion-MNIST test images" in waiting.stdout
     report = json.loads((ws / "reports/feedback/report.json").read_text())
     assert report["shards"] == 3 and report["corrections"] == 11
     assert report["outcomes"] == {
@@ -160,6 +161,10 @@ def test_feedback_stage_end_to_end(ws, env):
 
     done = run([DVC, "repro", "feedback", "prepare"], ws, env)
     assert "Running stage 'prepare'" in done.stdout
+    # Everything decided: accepting all pending accepts nothing, and says so without failing.
+    review_csv = (ws / "feedback/review.csv").read_bytes()
+    assert "nothing is pending" in run([*review, "--accept-all"], ws, env).stdout
+    assert (ws / "feedback/review.csv").read_bytes() == review_csv
     report = json.loads((ws / "reports/feedback/report.json").read_text())
     assert report["outcomes"] == {
         "accepted": 7,
