@@ -55,8 +55,14 @@ def python_with_venv() -> str:
     """A python3 other than this suite's venv whose venv module can make a venv with pip."""
     candidates = [getattr(sys, "_base_executable", ""), "/usr/bin/python3", shutil.which("python3")]
     for python in filter(None, candidates):
-        probe = subprocess.run([python, "-c", "import ensurepip, venv"], capture_output=True)
-        if probe.returncode == 0 and Path(python).resolve() != Path(sys.executable).resolve():
+        # By its prefix, not its resolved path: the venv's python is a link to the very binary
+        # it was made from (/usr/bin/python3.11 on a stock Debian 12).
+        probe = subprocess.run(
+            [python, "-c", "import ensurepip, sys, venv; print(sys.prefix)"],
+            capture_output=True,
+            text=True,
+        )
+        if probe.returncode == 0 and Path(probe.stdout.strip()) != Path(sys.prefix):
             return python
     pytest.fail(f"no python3 with venv and ensurepip among {candidates}")
 

@@ -41,7 +41,12 @@ PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 
 def _as_postgres_user(cmd: list[str]) -> list[str]:
     # initdb and postgres refuse to run as root; Debian's package creates the `postgres` user.
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+    if os.geteuid() != 0:
+        return cmd
+    # runuser is in /usr/sbin, which a PATH need not hold (a user's PATH, or one set by hand).
+    runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+    assert runuser, "running as root, and no runuser (util-linux) to start postgres as `postgres`"
+    return [runuser, "-u", "postgres", "--", *cmd]
 
 
 @pytest.fixture(scope="module")
