@@ -25,7 +25,7 @@ help:  ## this list (also `make` alone)
 repro: setup system-data  ## the whole pipeline on the default params (sets up first) [13 min | 31 min from a fresh clone]
 	dvc repro
 
-test: setup system-data system-test  ## the whole test suite, as CI runs it (sets up first) [25 min, 246 tests (2026-11-30) | 30 min, 503 tests, from a fresh clone]
+test: setup system-data system-test  ## the whole test suite, as CI runs it (sets up first) [25 min, 246 tests (2026-11-30) | 31 min, 503 tests, from a fresh clone]
 	pytest
 
 # The test suite's small-run values; --temp runs in a copy, so params.yaml and the workspace stay as they are.
