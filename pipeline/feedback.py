@@ -179,8 +179,6 @@ def review_command(args: argparse.Namespace) -> None:
         existing = read_review(args.review)
     except (ValueError, ReviewError) as err:
         sys.exit(f"feedback review: {err}")
-    items = [item for path in iter_shard_files(args.archive) for item in read_shard(path)[0]]
-    known = {item.id for item in items} | {item.pixels_sha256 for item in items}
     accept = list(args.accept or [])
     if args.accept_all:
         try:
@@ -198,6 +196,9 @@ def review_command(args: argparse.Namespace) -> None:
             "of each)"
         )
         return
+    # Read every archived shard only when there are ids to check against them.
+    items = [item for path in iter_shard_files(args.archive) for item in read_shard(path)[0]]
+    known = {item.id for item in items} | {item.pixels_sha256 for item in items}
     unknown = sorted({*accept, *(args.reject or [])} - known)
     if unknown:
         sys.exit(

@@ -121,10 +121,10 @@ def describe(report: dict) -> str:
     accepted = {c: n for c, n in report["accepted_by_class"].items() if n}
     if accepted:
         lines.append("  accepted by class: " + ", ".join(f"{c} {n}" for c, n in accepted.items()))
-    if report["outcomes"]["in_test_split"]:
+    if in_test := report["outcomes"]["in_test_split"]:
         # The page's samples are test images: a newcomer's first correction lands here.
         lines.append(
-            f"  in_test_split: {report['outcomes']['in_test_split']} correction(s) of Fashion-MNIST "
+            f"  in_test_split: {in_test} correction(s) of Fashion-MNIST "
             "test images (the page's samples are some), never trained on so that the test accuracy "
             "stays a score on unseen images; correct a drawing or an image of your own to train on it"
         )
